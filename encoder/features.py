@@ -1,0 +1,80 @@
+"""Log-mel features, equal to transformers' Phi4MultimodalFeatureExtractor, batched in torch.
+
+The recipe (Phi-4-multimodal): 16 kHz, 25 ms Hamming window (400), 10 ms hop (160), n_fft 512,
+per-frame pre-emphasis 0.97, x32768, power spectrum, 80 Kaldi-style mel bins 0-7690 Hz,
+clamp(min=1), natural log, no dither.
+
+Why our own: the reference extractor converts every clip to a tensor one by one, pads through
+numpy, computes the window in float64 and rebuilds the mel matrix on every call. Here the mel
+matrix and window live on the target device once, framing is one `unfold` over the padded batch,
+and everything stays float32 (max abs difference to the reference is ~1e-4 on real speech). Frames
+past a clip's end are zeroed so the encoder's mask, not the values, decides what padding means.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from encoder.audio import SAMPLE_RATE
+
+N_MELS = 80
+WIN_LENGTH = 400
+HOP_LENGTH = 160
+N_FFT = 512
+PREEMPHASIS = 0.97
+COMPRESSION_RATE = 8  # conformer time reduction: 8 frames (80 ms) per audio token
+
+
+def num_frames(num_samples: int | torch.Tensor) -> int | torch.Tensor:
+    """Feature frames for a clip: one per 10 ms hop that fits a full 25 ms window."""
+    return (num_samples - WIN_LENGTH) // HOP_LENGTH + 1
+
+
+def num_audio_tokens(num_samples: int) -> int:
+    """Audio placeholder tokens a clip occupies in the prompt: ceil(frames / 8), 12.5 per second."""
+    frames = int(num_frames(num_samples))
+    return -(-frames // COMPRESSION_RATE)
+
+
+def _mel_filters() -> np.ndarray:
+    # transformers' own filter bank helper, with the extractor's exact arguments.
+    from transformers.audio_utils import mel_filter_bank
+
+    return mel_filter_bank(
+        num_frequency_bins=N_FFT // 2 + 1,
+        num_mel_filters=N_MELS,
+        min_frequency=0.0,
+        max_frequency=7690.0,
+        sampling_rate=SAMPLE_RATE,
+        triangularize_in_mel_space=True,
+        mel_scale="kaldi",
+    ).astype(np.float32)
+
+
+class LogMelFeatures:
+    """Callable: list of 16 kHz clips -> (features [B, T, 80], frame lengths [B]) on one device."""
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.window = torch.hamming_window(WIN_LENGTH, periodic=False, dtype=torch.float32, device=self.device)
+        self.mel = torch.from_numpy(_mel_filters()).to(self.device)
+
+    @torch.inference_mode()
+    def __call__(self, audios: list[np.ndarray] | list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = torch.tensor([len(a) for a in audios], dtype=torch.long)
+        if int(lengths.min()) < WIN_LENGTH:
+            raise ValueError(f"every clip needs at least {WIN_LENGTH} samples (25 ms)")
+        batch = torch.zeros(len(audios), int(lengths.max()), dtype=torch.float32)
+        for i, audio in enumerate(audios):
+            batch[i, : len(audio)] = torch.as_tensor(audio, dtype=torch.float32)
+        batch = batch.to(self.device, non_blocking=True)
+        frames = batch.unfold(-1, WIN_LENGTH, HOP_LENGTH)  # [B, T, 400], a view
+        # Pre-emphasis inside each frame; the first sample uses itself as its predecessor.
+        prev = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
+        frames = (frames - PREEMPHASIS * prev) * (32768.0 * self.window)
+        power = torch.fft.rfft(frames, n=N_FFT).abs().square()
+        feats = torch.clamp(power @ self.mel, min=1.0).log()
+        frame_lengths = num_frames(lengths).to(self.device)
+        valid = torch.arange(feats.shape[1], device=self.device)[None, :] < frame_lengths[:, None]
+        return feats * valid[..., None], frame_lengths

@@ -1,0 +1,113 @@
+"""Speech from text with Debian's offline TTS engines: espeak-ng, flite, festival.
+
+A voice is written as one string, ``ENGINE:NAME[,rate=R][,pitch=P]``:
+
+- ``espeak-ng:en+m3,rate=1.2,pitch=40``: any espeak-ng language or variant (``es``, ``fr``,
+  ``en-us+f2``, ...); rate multiplies the default 175 words/minute; pitch is espeak's 0-99.
+- ``flite:kal16``, ``flite:awb``, ``flite:rms``, ``flite:slt``: rate scales duration
+  (``duration_stretch = 1/rate``); pitch is the mean F0 in Hz (``int_f0_target_mean``).
+- ``festival:kal_diphone``, ``festival:ked_diphone`` (through ``text2wave``): rate as for flite;
+  pitch is not supported.
+
+Every engine writes to a temporary wav which is read back and resampled to 16 kHz mono.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from speech.data.wav import read_16k
+from speech.errors import UserError
+
+ENGINES = ("espeak-ng", "flite", "festival")
+_FLITE_VOICES = ("kal", "kal16", "awb", "awb_time", "rms", "slt")
+
+
+@dataclasses.dataclass(frozen=True)
+class Voice:
+    engine: str
+    name: str
+    rate: float = 1.0
+    pitch: float | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "Voice":
+        engine, sep, rest = spec.partition(":")
+        if not sep or engine not in ENGINES or not rest:
+            raise UserError(f"voice {spec!r}: expected ENGINE:NAME[,rate=R][,pitch=P] with ENGINE one of {', '.join(ENGINES)}")
+        name, *options = rest.split(",")
+        values: dict[str, float] = {}
+        for option in options:
+            key, _, value = option.partition("=")
+            if key not in ("rate", "pitch"):
+                raise UserError(f"voice {spec!r}: unknown option {key!r} (rate, pitch)")
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise UserError(f"voice {spec!r}: {key} must be a number, got {value!r}") from None
+        voice = cls(engine, name, values.get("rate", 1.0), values.get("pitch"))
+        voice.check()
+        return voice
+
+    def check(self) -> None:
+        if not 0.3 <= self.rate <= 3.0:
+            raise UserError(f"voice {self}: rate must be within 0.3..3.0")
+        if self.engine == "festival" and self.pitch is not None:
+            raise UserError(f"voice {self}: festival voices take no pitch")
+        if self.engine == "espeak-ng" and self.pitch is not None and not 0 <= self.pitch <= 99:
+            raise UserError(f"voice {self}: espeak-ng pitch is 0..99")
+        if self.engine == "flite" and self.name not in _FLITE_VOICES:
+            raise UserError(f"voice {self}: flite voices are {', '.join(_FLITE_VOICES)}")
+        binary = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "text2wave"}[self.engine]
+        if shutil.which(binary) is None:
+            raise UserError(f"voice {self}: {binary} is not installed (apt-get install {self.engine})")
+
+    def __str__(self) -> str:
+        spec = f"{self.engine}:{self.name}"
+        if self.rate != 1.0:
+            spec += f",rate={self.rate:g}"
+        if self.pitch is not None:
+            spec += f",pitch={self.pitch:g}"
+        return spec
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe form of the voice, for output paths."""
+        return "".join(c if c.isalnum() or c in "-." else "_" for c in str(self))
+
+
+def _command(voice: Voice, text_file: Path, wav: Path) -> list[str]:
+    if voice.engine == "espeak-ng":
+        cmd = ["espeak-ng", "-v", voice.name, "-s", str(round(175 * voice.rate)), "-w", str(wav), "-f", str(text_file)]
+        if voice.pitch is not None:
+            cmd += ["-p", str(round(voice.pitch))]
+        return cmd
+    if voice.engine == "flite":
+        cmd = ["flite", "-voice", voice.name, "-f", str(text_file), "-o", str(wav)]
+        if voice.rate != 1.0:
+            cmd += ["--setf", f"duration_stretch={1 / voice.rate:.4f}"]
+        if voice.pitch is not None:
+            cmd += ["--setf", f"int_f0_target_mean={voice.pitch:g}"]
+        return cmd
+    scheme = f"(voice_{voice.name})"
+    if voice.rate != 1.0:
+        scheme += f" (Parameter.set 'Duration_Stretch {1 / voice.rate:.4f})"
+    return ["text2wave", "-eval", scheme, str(text_file), "-o", str(wav)]
+
+
+def synthesize(text: str, voice: Voice) -> np.ndarray:
+    """``text`` spoken by ``voice``: float32 mono 16 kHz. UserError when the engine fails."""
+    with tempfile.TemporaryDirectory(prefix="speechlora-tts-") as tmp:
+        text_file, wav = Path(tmp) / "text.txt", Path(tmp) / "out.wav"
+        text_file.write_text(text.strip() + "\n", encoding="utf-8")
+        proc = subprocess.run(_command(voice, text_file, wav), capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0 or not wav.is_file() or wav.stat().st_size <= 44:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()
+            raise UserError(f"{voice} failed on {text[:40]!r}: {detail[-1] if detail else 'no audio written'}")
+        return read_16k(wav)

@@ -1,0 +1,346 @@
+"""SpeechModel: conformer encoder + speech projector + frozen Phi-4-Mini LM with the speech LoRA.
+
+Load once, then `generate` on 16 kHz clips (<= 30 s each) or `transcribe` files of any length.
+The LM is transformers' `Phi3ForCausalLM` (Phi-4-Mini is a Phi-3-family model; the multimodal
+model's text stack is the same code), the LoRA is applied with peft and, for inference, merged
+into the base weights so decoding pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import Phi3ForCausalLM, PreTrainedTokenizerBase
+from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
+
+from encoder.conformer import ConformerEncoder, SpeechProjector
+from encoder.features import LogMelFeatures
+from speech.checkpoint import (
+    AUDIO_PREFIX,
+    CheckpointSpec,
+    LoraSpec,
+    Weights,
+    iter_safetensors,
+    load_weights,
+    read_adapter_weights,
+    read_spec,
+)
+from speech.decoding import greedy_decode
+from speech.errors import CheckpointError, UserError
+from speech.prompts import AUDIO_MARKER, LANGUAGES, TASKS, Task, build_prompt
+
+log = logging.getLogger(__name__)
+
+AUDIO_TOKEN = "<|endoftext11|>"
+MAX_CLIP_SECONDS = 30.0
+# Extra files a fine-tuned adapter folder may carry besides the PEFT LoRA (see speech.finetune).
+ADAPTER_AUDIO_WEIGHTS = "audio_weights.safetensors"
+
+
+def builtin_path() -> Path:
+    """The small trained model shipped inside the package (native layout)."""
+    return Path(__file__).resolve().parent / "builtin" / "model"
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _attn_implementation(device: torch.device) -> str:
+    if device.type == "cuda":
+        try:
+            import flash_attn  # noqa: F401  (the `gpu` extra)
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def load_tokenizer(root: Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if (root / "tokenizer.json").exists():
+        try:
+            return PreTrainedTokenizerFast.from_pretrained(str(root), local_files_only=True)
+        except Exception:  # noqa: BLE001 - an odd tokenizer_config.json; let AutoTokenizer try
+            pass
+    try:
+        return AutoTokenizer.from_pretrained(str(root), local_files_only=True)
+    except Exception as auto_error:  # noqa: BLE001 - fall back to the raw tokenizer.json
+        if (root / "tokenizer.json").exists():
+            return PreTrainedTokenizerFast(tokenizer_file=str(root / "tokenizer.json"))
+        raise CheckpointError(f"{root}: cannot load the tokenizer ({str(auto_error).splitlines()[0]})") from None
+
+
+def lora_target_names(lm: nn.Module, lora: LoraSpec) -> list[str]:
+    """Module names of `lm` the LoRA spec targets (regex string: full match; list: name suffix)."""
+    names = []
+    for name, module in lm.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        if isinstance(lora.target_modules, str):
+            hit = re.fullmatch(lora.target_modules, name) is not None
+        else:
+            hit = any(name == t or name.endswith("." + t) for t in lora.target_modules)
+        if hit:
+            names.append(name)
+    return names
+
+
+def parameter_counts(spec: CheckpointSpec) -> dict[str, int]:
+    """Parameter counts of each part, built on the meta device: no weights are read."""
+    with torch.device("meta"):
+        encoder = ConformerEncoder(spec.audio_config)
+        projector = SpeechProjector(spec.audio_config.hidden_size * spec.audio_config.downsample_rate,
+                                    spec.lm_config.hidden_size)
+        lm = Phi3ForCausalLM(spec.lm_config)
+    counts = {
+        "encoder": sum(p.numel() for p in encoder.parameters()),
+        "speech projector": sum(p.numel() for p in projector.parameters()),
+        "LM": sum(p.numel() for p in lm.parameters()),  # tied embeddings count once
+        "speech LoRA": 0,
+    }
+    if spec.lora:
+        modules = dict(lm.named_modules())
+        counts["speech LoRA"] = sum(
+            spec.lora.r * (modules[n].in_features + modules[n].out_features) for n in lora_target_names(lm, spec.lora)
+        )
+    return counts
+
+
+def _assign(module: nn.Module, state: dict[str, torch.Tensor], what: str, dtype: torch.dtype,
+            device: torch.device, optional: tuple[str, ...] = ()) -> None:
+    state = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state.items()}
+    result = module.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in result.missing_keys if k not in optional]
+    if missing or result.unexpected_keys:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {result.unexpected_keys[:3]}"
+        raise CheckpointError(f"{what} weights do not match the config: {detail}")
+    for name, tensor in module.state_dict().items():
+        if tensor.is_meta and name not in optional:
+            raise CheckpointError(f"{what}: weight {name} was never loaded")
+
+
+@dataclass
+class _Batch:
+    embeds: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+class SpeechModel(nn.Module):
+    """The speech path of Phi-4-multimodal. Build it with `SpeechModel.load`."""
+
+    def __init__(self, spec: CheckpointSpec, tokenizer: PreTrainedTokenizerBase, encoder: ConformerEncoder,
+                 projector: SpeechProjector, lm: nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        self.projector = projector
+        self.lm = lm
+        self.featurizer = LogMelFeatures(device)
+        self.audio_token_id = self._token_id(AUDIO_TOKEN)
+        stops = spec.stop_token_ids or [self._token_id("<|end|>"), self._token_id("<|endoftext|>")]
+        self.stop_token_ids = list(dict.fromkeys(stops))
+        self.adapter: Path | None = None
+        self.load_seconds = 0.0
+
+    # ---- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path | None = None, adapter: str | Path | None = None, device: str | None = None,
+             dtype: torch.dtype | None = None, merge_lora: bool = True) -> "SpeechModel":
+        """Load a local checkpoint folder (either layout), or the built-in model when `path` is None.
+
+        `adapter`: a PEFT folder of a fine-tuned speech adapter; it replaces the checkpoint's speech
+        LoRA (and its projector/encoder, when the folder carries them). `merge_lora=False` keeps
+        the LoRA as separate peft modules (for training).
+        """
+        start = time.perf_counter()
+        root = Path(path) if path is not None else builtin_path()
+        if path is None and not (root / "config.json").exists():
+            raise CheckpointError("the built-in model is not part of this install; pass --model DIR")
+        spec = read_spec(root)
+        dev = pick_device(device)
+        dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        tokenizer = load_tokenizer(root)
+        weights = load_weights(spec)
+        if adapter is not None:
+            cls._apply_adapter_folder(Path(adapter), spec, weights)
+
+        spec.lm_config._attn_implementation = _attn_implementation(dev)
+        with torch.device("meta"):
+            encoder = ConformerEncoder(spec.audio_config)
+            projector = SpeechProjector(spec.audio_config.hidden_size * spec.audio_config.downsample_rate,
+                                        spec.lm_config.hidden_size)
+            lm = Phi3ForCausalLM(spec.lm_config)
+        _assign(encoder, weights.encoder, "encoder", dtype, dev)
+        _assign(projector, {k: v for k, v in weights.projector.items() if "_for_speech." in k},
+                "speech projector", dtype, dev)
+        tied = bool(spec.lm_config.tie_word_embeddings)
+        _assign(lm, weights.lm, "language model", dtype, dev, optional=("lm_head.weight",) if tied else ())
+        if tied:
+            lm.lm_head.weight = lm.model.embed_tokens.weight
+        # Non-persistent rotary buffers were created on the meta device: rebuild them for real.
+        lm.model.rotary_emb = Phi3RotaryEmbedding(config=spec.lm_config).to(dev)
+        lm.requires_grad_(False)
+        if spec.lora is not None:
+            lm = apply_lora(lm, spec.lora, weights.lora, merge=merge_lora)
+        model = cls(spec, tokenizer, encoder, projector, lm, dev)
+        model.adapter = Path(adapter) if adapter is not None else None
+        model.eval()
+        model.load_seconds = time.perf_counter() - start
+        log.info("loaded %s (%s layout%s) on %s/%s in %.1f s", root, spec.layout,
+                 f", adapter {adapter}" if adapter else "", dev, str(dtype).removeprefix("torch."), model.load_seconds)
+        return model
+
+    @staticmethod
+    def _apply_adapter_folder(adapter_dir: Path, spec: CheckpointSpec, weights: Weights) -> None:
+        from speech.checkpoint import _lora_from_peft_dir
+
+        if not adapter_dir.is_dir():
+            raise CheckpointError(f"{adapter_dir}: no such adapter folder")
+        spec.lora = _lora_from_peft_dir(adapter_dir)
+        weights.lora = read_adapter_weights(adapter_dir)
+        extra = adapter_dir / ADAPTER_AUDIO_WEIGHTS
+        if extra.exists():
+            for key, tensor in iter_safetensors([extra], lambda k: True):
+                if key.startswith(AUDIO_PREFIX + "encoder."):
+                    weights.encoder[key[len(AUDIO_PREFIX + "encoder."):]] = tensor
+                elif key.startswith(AUDIO_PREFIX):
+                    weights.projector[key[len(AUDIO_PREFIX):]] = tensor
+
+    def _token_id(self, token: str) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise CheckpointError(f"{self.spec.path}: the tokenizer has no {token} token")
+        return int(token_id)
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.up_proj_for_speech.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.projector.up_proj_for_speech.weight.dtype
+
+    def describe(self) -> dict:
+        return {
+            "path": str(self.spec.path),
+            "layout": self.spec.layout,
+            "adapter": str(self.adapter) if self.adapter else None,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "languages": dict(LANGUAGES),
+            "tasks": list(TASKS),
+            "max_clip_seconds": MAX_CLIP_SECONDS,
+            "parameters": parameter_counts(self.spec),
+        }
+
+    # ---- inputs --------------------------------------------------------------------------
+    def features(self, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel features [B, T, 80] and frame lengths [B] of 16 kHz clips."""
+        return self.featurizer(audios)
+
+    def prompt_ids(self, task: Task, n_audio_tokens: int) -> list[int]:
+        prefix, suffix = build_prompt(task).split(AUDIO_MARKER)
+        encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        return encode(prefix) + [self.audio_token_id] * n_audio_tokens + encode(suffix)
+
+    def embed(self, input_ids: torch.Tensor, audio_features: torch.Tensor,
+              audio_feature_lengths: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with every audio placeholder replaced by its projected encoder state."""
+        states, lengths = self.encoder(audio_features.to(self.dtype), audio_feature_lengths)
+        audio = self.projector(states)
+        valid = torch.arange(audio.shape[1], device=audio.device)[None, :] < lengths[:, None]
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        slots = input_ids == self.audio_token_id
+        if int(slots.sum()) != int(lengths.sum()):
+            raise ValueError(f"prompt has {int(slots.sum())} audio slots for {int(lengths.sum())} audio tokens")
+        return embeds.masked_scatter(slots[..., None], audio[valid].to(embeds.dtype))
+
+    def _left_pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(map(len, sequences))
+        pad = self.stop_token_ids[-1]
+        ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for i, seq in enumerate(sequences):
+            ids[i, width - len(seq):] = torch.tensor(seq)
+            mask[i, width - len(seq):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, audio_features: torch.Tensor,
+                audio_feature_lengths: torch.Tensor, labels: torch.Tensor | None = None):
+        """Teacher-forced pass (fine-tuning, validation loss, logits parity)."""
+        embeds = self.embed(input_ids, audio_features, audio_feature_lengths)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                       labels=labels, use_cache=False)
+
+    # ---- decoding ------------------------------------------------------------------------
+    def max_new_tokens(self, num_samples: int, task: Task) -> int:
+        """Token budget from the audio length: generous for fast speech, bounded for a stuck model."""
+        seconds = num_samples / 16_000
+        budget = 24 + math.ceil(12 * seconds)
+        return budget * (2 if task.kind == "both" else 1)
+
+    @torch.inference_mode()
+    def generate(self, audios: list[np.ndarray], task: Task | list[Task] = Task(),
+                 max_new_tokens: int | None = None) -> list[str]:
+        """Greedy-decode a batch of 16 kHz mono clips (each <= 30 s); one string per clip."""
+        if not audios:
+            return []
+        tasks = task if isinstance(task, list) else [task] * len(audios)
+        if len(tasks) != len(audios):
+            raise UserError(f"{len(tasks)} tasks for {len(audios)} clips")
+        for audio in audios:
+            if len(audio) > MAX_CLIP_SECONDS * 16_000 + 1:
+                raise UserError(f"clip of {len(audio) / 16_000:.1f} s is longer than {MAX_CLIP_SECONDS:.0f} s; "
+                                "use transcribe(), which cuts long audio with VAD")
+        features, frame_lengths = self.features(audios)
+        n_tokens = ConformerEncoder.output_lengths(frame_lengths.cpu()).tolist()
+        ids, mask = self._left_pad([self.prompt_ids(t, n) for t, n in zip(tasks, n_tokens)])
+        embeds = self.embed(ids, features, frame_lengths)
+        budgets = [max_new_tokens or self.max_new_tokens(len(a), t) for a, t in zip(audios, tasks)]
+        out = greedy_decode(self.lm, embeds, mask, self.stop_token_ids, budgets)
+        return [self.tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in out]
+
+    def transcribe(self, inputs, task: Task = Task(), batch_size: int = 8, vad=None, progress: bool = False):
+        """Files or arrays of any length -> `Transcript`s (see speech.transcribe)."""
+        from speech.transcribe import transcribe
+
+        return transcribe(self, inputs, task=task, batch_size=batch_size, vad=vad, progress=progress)
+
+
+def apply_lora(lm: nn.Module, lora: LoraSpec, lora_weights: dict[str, torch.Tensor], merge: bool) -> nn.Module:
+    """Wrap `lm` with the speech LoRA via peft, load its tensors, and merge it for inference."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    targets = lora_target_names(lm, lora)
+    if not targets:
+        raise CheckpointError("the LoRA's target modules match no layer of the language model")
+    expected = {f"{name}.lora_{ab}.weight" for name in targets for ab in "AB"}
+    missing = sorted(expected - lora_weights.keys())
+    if missing:
+        raise CheckpointError(f"speech LoRA weights missing, e.g. {missing[0]} ({len(missing)} tensors)")
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, bias="none")
+    device = lm.model.embed_tokens.weight.device
+    dtype = lm.model.embed_tokens.weight.dtype
+    peft_model = get_peft_model(lm, config)
+    state = {f"base_model.model.{k}": v.to(device=device, dtype=dtype) for k, v in lora_weights.items() if k in expected}
+    result = set_peft_model_state_dict(peft_model, state)
+    if getattr(result, "unexpected_keys", None):
+        raise CheckpointError(f"speech LoRA has unexpected tensors, e.g. {result.unexpected_keys[0]}")
+    if merge:
+        return peft_model.merge_and_unload()
+    return peft_model
