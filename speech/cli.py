@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 from speech.errors import UserError
 
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not user news
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -112,6 +112,10 @@ def _random_state(config, seed: int) -> dict[str, torch.Tensor]:
             t = 0.25 + 0.05 * torch.rand(tensor.shape, generator=gen)
         elif re.search(r"(norm|layernorm|layer_norm[^.]*)\.weight$", key) and tensor.ndim == 1:
             t = 1.0 + 0.05 * torch.randn(tensor.shape, generator=gen)
+        elif key.startswith(("model.layers.", "model.embed_tokens.")) and tensor.ndim == 2:
+            # Large enough that greedy decoding wanders instead of repeating one token, so a
+            # decoding mismatch shows up within a few steps.
+            t = 0.25 * torch.randn(tensor.shape, generator=gen)
         else:
             t = 0.08 * torch.randn(tensor.shape, generator=gen)
         state[key] = t.contiguous()

@@ -64,12 +64,22 @@ def train(text_files: list[Path], vocab_size: int = 4096, extra_texts: list[str]
         unk_token=EOT,
         pad_token=EOT,
         extra_special_tokens={"image_token": IMAGE, "audio_token": AUDIO},
-        additional_special_tokens=[t for t in SPECIAL_TOKENS if t != EOT],
         chat_template=CHAT_TEMPLATE,
         model_max_length=2048,
         clean_up_tokenization_spaces=False,
         padding_side="right",
     )
+
+
+def save(tokenizer: PreTrainedTokenizerFast, out: Path) -> None:
+    """save_pretrained, with the config written the way the real checkpoint's is (a class name
+    and an ``extra_special_tokens`` dict that transformers 4.x and 5.x both read)."""
+    tokenizer.save_pretrained(out)
+    config_path = Path(out) / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["extra_special_tokens"] = {"image_token": IMAGE, "audio_token": AUDIO}
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def main() -> None:
@@ -80,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.monotonic()
     tokenizer = train(args.text, args.vocab_size)
-    tokenizer.save_pretrained(args.out)
+    save(tokenizer, args.out)
     print(json.dumps({"vocab_size": len(tokenizer), "seconds": round(time.monotonic() - started, 1),
                       "special": {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}}))
 
