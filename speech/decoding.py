@@ -20,9 +20,12 @@ def greedy_decode(
     attention_mask: torch.Tensor,
     stop_token_ids: list[int],
     max_new_tokens: list[int],
+    suppress_token_ids: list[int] = (),
 ) -> list[list[int]]:
     """Decode each row of a left-padded batch until a stop token or its own token budget.
 
+    `suppress_token_ids` can never be chosen (the audio/image placeholders: emitting one means
+    nothing, and fed back it would be mistaken for a slot to fill with audio).
     Returns the generated token ids per row, stop token excluded.
     """
     batch = inputs_embeds.shape[0]
@@ -44,7 +47,10 @@ def greedy_decode(
     ).logits[:, -1]
     next_pos = position_ids[:, -1:] + 1
     step = 0
+    suppress = torch.tensor(list(suppress_token_ids), dtype=torch.long, device=device)
     while True:
+        if suppress.numel():
+            logits = logits.index_fill(-1, suppress, float("-inf"))
         tokens = logits.argmax(-1)
         step += 1
         is_stop = torch.isin(tokens, stops)

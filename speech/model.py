@@ -153,6 +153,9 @@ class SpeechModel(nn.Module):
         self.audio_token_id = self._token_id(AUDIO_TOKEN)
         stops = spec.stop_token_ids or [self._token_id("<|end|>"), self._token_id("<|endoftext|>")]
         self.stop_token_ids = list(dict.fromkeys(stops))
+        # Placeholders are inputs only; see greedy_decode.
+        self.suppress_token_ids = [self.audio_token_id] + [
+            i for i in [self.tokenizer.convert_tokens_to_ids("<|endoftext10|>")] if i not in (None, self.tokenizer.unk_token_id)]
         self.adapter: Path | None = None
         self.load_seconds = 0.0
 
@@ -312,7 +315,7 @@ class SpeechModel(nn.Module):
         ids, mask = self._left_pad([self.prompt_ids(t, n) for t, n in zip(tasks, n_tokens)])
         embeds = self.embed(ids, features, frame_lengths)
         budgets = [max_new_tokens or self.max_new_tokens(len(a), t) for a, t in zip(audios, tasks)]
-        out = greedy_decode(self.lm, embeds, mask, self.stop_token_ids, budgets)
+        out = greedy_decode(self.lm, embeds, mask, self.stop_token_ids, budgets, self.suppress_token_ids)
         return [self.tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in out]
 
     def transcribe(self, inputs, task: Task = Task(), batch_size: int = 8, vad=None, progress: bool = False):

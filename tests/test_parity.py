@@ -49,13 +49,14 @@ def test_decoded_tokens_match_generate(reference, tiny_model, speech_clips):
         ids, feats = _inputs(tiny_model, clip, task)
         expected = reference.generate(
             input_ids=ids, audio_input_features=feats["audio_input_features"],
-            audio_embed_sizes=feats["audio_embed_sizes"], max_new_tokens=24, do_sample=False,
+            audio_embed_sizes=feats["audio_embed_sizes"], max_new_tokens=24, do_sample=False, suppress_tokens=tiny_model.suppress_token_ids,
             eos_token_id=tiny_model.stop_token_ids, pad_token_id=tiny_model.stop_token_ids[-1],
         )[0, ids.shape[1]:].tolist()
         expected = [t for t in expected if t not in tiny_model.stop_token_ids]
         features, lengths = tiny_model.features([clip])
         embeds = tiny_model.embed(ids, features, lengths)
-        got = greedy_decode(tiny_model.lm, embeds, torch.ones_like(ids), tiny_model.stop_token_ids, [24])[0]
+        got = greedy_decode(tiny_model.lm, embeds, torch.ones_like(ids), tiny_model.stop_token_ids, [24],
+                            tiny_model.suppress_token_ids)[0]
         assert len(set(got)) > 3, "tiny weights should decode varied tokens, or this test proves little"
         assert got == expected
 
