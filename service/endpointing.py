@@ -63,8 +63,9 @@ class Endpointer:
         return bool(self._frames)
 
     @property
-    def open_start(self) -> int:
-        return self._start
+    def next_index(self) -> int:
+        """The index the open (or next) utterance will have."""
+        return self._index
 
     def open_audio(self) -> np.ndarray:
         """The open utterance so far (with its leading pad), for an interim decode."""
