@@ -4,8 +4,9 @@ A NeMo manifest has one JSON object per line::
 
     {"audio_filepath": "wav/1.wav", "duration": 3.2, "text": "hello world", "lang": "en"}
 
-`audio_filepath` and `text` are required; `duration`, `offset` (seconds into the file),
-`lang` and `translation` (the reference for speech translation) are optional. Relative paths
+`audio_filepath` and `text` are required; `duration`, `offset` (seconds into the file), `lang`,
+`translation` (the reference for speech translation) and `translation_lang` are optional (the
+same fields `speechlora data` writes). Relative paths
 resolve against the manifest's folder. Bad lines are reported together, with their numbers.
 
 A local Hugging Face dataset is a folder written by `Dataset.save_to_disk` /
@@ -96,10 +97,13 @@ class ArrowAudio:
         return self.base_dir / path
 
     def exists(self) -> bool:
-        cell = self._cell()
-        if cell.get("bytes") or cell.get("array") is not None:
+        scalar = self.table.column(self.column)[self.row]  # look at the fields without copying the bytes
+        if not scalar.is_valid:
+            return False
+        fields = {name: scalar[name] for name in scalar.type.names} if hasattr(scalar.type, "names") else {}
+        if any(name in fields and fields[name].is_valid for name in ("bytes", "array")):
             return True
-        path = self._path(cell)
+        path = self._path({"path": fields["path"].as_py()} if "path" in fields else {})
         return path is not None and path.is_file()
 
     def load(self) -> np.ndarray:
@@ -127,7 +131,8 @@ class Utterance:
     text: str  # reference transcript ("" when the dataset has none)
     audio: AudioSource = field(repr=False)
     translation: str | None = None
-    lang: str | None = None
+    lang: str | None = None  # language of `text`
+    translation_lang: str | None = None  # language of `translation`
     duration: float | None = None  # from the manifest, used to sort batches by length
 
 
@@ -207,6 +212,7 @@ def read_manifest(path: str | Path, name: str | None = None, split: str | None =
             text = _optional_str(entry, "text", line_errors, line_no)
             translation = _optional_str(entry, "translation", line_errors, line_no)
             lang = _optional_str(entry, "lang", line_errors, line_no)
+            translation_lang = _optional_str(entry, "translation_lang", line_errors, line_no)
             numbers = {}
             for key in ("duration", "offset"):
                 value = entry.get(key)
@@ -221,7 +227,7 @@ def read_manifest(path: str | Path, name: str | None = None, split: str | None =
             resolved = Path(audio_path) if Path(audio_path).is_absolute() else base / audio_path
             audio = FileAudio(resolved, offset, duration if offset or "offset" in entry else None)
             utterances.append(
-                Utterance(len(utterances), audio_path, text or "", audio, translation, lang, duration)
+                Utterance(len(utterances), audio_path, text or "", audio, translation, lang, translation_lang, duration)
             )
     if errors:
         raise _bad_lines(path, errors)
@@ -280,7 +286,8 @@ def _table_to_dataset(table, origin: Path, label: str, name: str, split: str) ->
             f"{origin}: no transcript column; expected one of {', '.join(TEXT_COLUMNS)} "
             f"(columns: {', '.join(columns)})"
         )
-    data = {c: table.column(c).to_pylist() for c in (text_column, "id", "translation", *LANG_COLUMNS) if c in columns}
+    wanted = (text_column, "id", "translation", "translation_lang", *LANG_COLUMNS)
+    data = {c: table.column(c).to_pylist() for c in wanted if c in columns}
     lang_column = next((c for c in LANG_COLUMNS if c in columns), None)
     audio_type = table.schema.field(audio_column).type
     path_values = None
@@ -295,7 +302,8 @@ def _table_to_dataset(table, origin: Path, label: str, name: str, split: str) ->
             audio_id = path_values[row]
         else:
             audio_id = f"sample_{row}"
-        translation = data.get("translation", [None] * table.num_rows)[row]
+        translation = data["translation"][row] if "translation" in data else None
+        translation_lang = data["translation_lang"][row] if "translation_lang" in data else None
         lang = data[lang_column][row] if lang_column else None
         utterances.append(
             Utterance(
@@ -305,6 +313,7 @@ def _table_to_dataset(table, origin: Path, label: str, name: str, split: str) ->
                 audio=ArrowAudio(table, audio_column, row, base),
                 translation=translation if isinstance(translation, str) else None,
                 lang=lang if isinstance(lang, str) else None,
+                translation_lang=translation_lang if isinstance(translation_lang, str) else None,
             )
         )
     if not utterances:

@@ -2,7 +2,9 @@
 
 English uses Whisper's `EnglishTextNormalizer` (from the `whisper-normalizer` package), the
 normalizer the Open ASR Leaderboard uses: numbers to digits ("twenty five" -> "25"), British to
-American spelling, contractions expanded, punctuation and bracketed noise tags removed. Other
+American spelling, contractions expanded, punctuation and bracketed noise tags removed; ellipses
+are removed first, as the leaderboard's copy of that normalizer does (Whisper's own leaves a
+trailing "..." behind as a one-character word "."). Other
 languages use a basic multilingual normalizer: lowercase, NFKC, punctuation and symbols removed,
 diacritics and combining marks kept (stripping marks would mangle scripts such as Devanagari, and
 in French or Portuguese an accent can be the whole difference between two words).
@@ -26,6 +28,8 @@ Normalizer = Callable[[str], str]
 _BRACKETED = re.compile(r"[<\[][^>\]]*[>\]]")  # [noise], <unk>
 _PARENTHESIZED = re.compile(r"\(([^)]+?)\)")  # (laughs)
 _WHITESPACE = re.compile(r"\s+")
+_TRAILING_ELLIPSIS = re.compile(r"\.{3,}\s*$")
+_ELLIPSIS = re.compile(r"\s*\.{3,}\s*")
 
 
 def base_language(lang: str | None) -> str:
@@ -58,7 +62,8 @@ def _english() -> Normalizer:
 
 
 def normalize_english(text: str) -> str:
-    """Whisper's English normalizer, with surrounding whitespace removed."""
+    """Whisper's English normalizer, after the leaderboard's ellipsis removal; whitespace trimmed."""
+    text = _ELLIPSIS.sub(" ", _TRAILING_ELLIPSIS.sub("", text.replace("\u2026", "...")))
     return _WHITESPACE.sub(" ", _english()(text)).strip()
 
 
