@@ -57,11 +57,15 @@ def _read(source: str | Path | io.BytesIO, name: str) -> np.ndarray:
     except (sf.LibsndfileError, RuntimeError, TypeError) as sf_error:
         # libsndfile cannot open some containers (e.g. mp4/m4a); librosa's audioread path can.
         try:
+            import warnings
+
             import librosa
 
             if isinstance(source, io.BytesIO):
                 source.seek(0)
-            data, rate = librosa.load(source, sr=None, mono=False)
+            with warnings.catch_warnings():  # librosa warns before trying audioread; we report below
+                warnings.simplefilter("ignore")
+                data, rate = librosa.load(source, sr=None, mono=False)
             data = data.T if data.ndim == 2 else data
         except Exception:
             raise AudioError(f"{name}: cannot decode audio ({sf_error})") from None

@@ -35,17 +35,13 @@ from speech.builtin_recipe import text as text_stage
 from speech.builtin_recipe import tokenizer as tokenizer_stage
 from speech.data import asterisk
 from speech.data.manifest import split_for
+from speech.prompts import SEPARATOR, Task
 
 log = logging.getLogger("speech.builtin_recipe.lm")
 
-# The task prompts of DESIGN §2 (speech.prompts holds the canonical copies).
-TRANSCRIBE = "Transcribe the audio clip into text."
-TRANSLATE = "Translate the audio to {language}."
-BOTH = (
-    "Transcribe the audio to text, and then translate the audio to {language}. "
-    "Use <sep> as a separator between the original transcript and the translation."
-)
-LANGUAGE_NAMES = {"en": "English", "es": "Spanish", "fr": "French"}
+TRANSCRIBE = Task("transcribe").instruction()
+TRANSLATE_EN = Task("translate", "en").instruction()
+BOTH_EN = Task("both", "en").instruction()
 
 
 def model_config(vocab_size: int, tokenizer) -> Phi3Config:
@@ -92,8 +88,8 @@ def templates(text_dir: Path, rng: np.random.Generator, tts_sentences: int = 600
             if pid not in en or split_for(pid, fractions) != "train":
                 continue
             out.append(turn(p.text, TRANSCRIBE, p.text))
-            out.append(turn(p.text, TRANSLATE.format(language="English"), en[pid].text))
-            out.append(turn(p.text, BOTH.format(language="English"), f"{p.text} <sep> {en[pid].text}"))
+            out.append(turn(p.text, TRANSLATE_EN, en[pid].text))
+            out.append(turn(p.text, BOTH_EN, f"{p.text} {SEPARATOR} {en[pid].text}"))
     return out
 
 

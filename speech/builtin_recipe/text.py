@@ -73,14 +73,17 @@ def bible_verses(root: Path = SWORD_WEB) -> Iterator[str]:
             if size == 0:
                 continue
             osis = blocks[block][offset : offset + size].decode("utf-8", errors="replace")
+            osis = re.sub(r"(?<=\w)<note\b.*?</note>(?=\w)", " ", osis, flags=re.S)  # "of<note/>Tubias"
             osis = re.sub(r"<note\b.*?</note>", "", osis, flags=re.S)
+            osis = re.sub(r"</w>((?:<[^>]*>)*)<w\b", r"</w> \1<w", osis)  # words only tags stood between
             text = clean(re.sub(r"<[^>]+>", "", osis))
             if text:
                 yield text
 
 
 def sentences(document: str) -> list[str]:
-    return [s.strip() for s in re.split(r"(?<=[.!?])[\"')]*\s+(?=[\"'(]*[A-Z])", document) if s.strip()]
+    """Split after . ! or ? (and a closing quote or bracket) before a capital letter."""
+    return [s.strip() for s in re.split(r"(?:(?<=[.!?])|(?<=[.!?][\"')]))\s+(?=[\"'(]*[A-Z])", document) if s.strip()]
 
 
 _SPEAKABLE = re.compile(r"^[A-Z][A-Za-z ,.'?!;:-]*[.?!]$")
@@ -137,7 +140,7 @@ def build(out: Path, seed: int = 0) -> dict:
         "split_fractions": {"dev": FRACTIONS.dev, "test": FRACTIONS.test},
         "seed": seed,
         "sources": ["fortunes (Debian `fortunes`, `fortunes-min`)", "sword-text-web (engWEB2015eb)",
-                    "asterisk-core-sounds-en transcripts (train+dev prompts)"],
+                    "asterisk-core-sounds-en transcripts (split by prompt id)"],
     }
     (out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
