@@ -61,7 +61,7 @@ class LogMelFeatures:
         self.scaled_window = window * 32768.0
         self.mel = torch.from_numpy(_mel_filters()).to(self.device)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # plain tensors (not inference-mode ones), so training can use them
     def __call__(self, audios: list[np.ndarray] | list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = torch.tensor([len(a) for a in audios], dtype=torch.long)
         if int(lengths.min()) < WIN_LENGTH:

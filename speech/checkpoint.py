@@ -74,7 +74,7 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: not valid json ({exc})") from None
 
 
-_LM_FIELDS = (
+LM_CONFIG_FIELDS = (
     "vocab_size hidden_size intermediate_size num_hidden_layers num_attention_heads num_key_value_heads "
     "hidden_act max_position_embeddings original_max_position_embeddings rms_norm_eps tie_word_embeddings "
     "rope_scaling rope_parameters rope_theta partial_rotary_factor bos_token_id eos_token_id pad_token_id "
@@ -83,7 +83,7 @@ _LM_FIELDS = (
 
 
 def _lm_config(raw: dict) -> Phi3Config:
-    kwargs = {k: raw[k] for k in _LM_FIELDS if k in raw and raw[k] is not None}
+    kwargs = {k: raw[k] for k in LM_CONFIG_FIELDS if k in raw and raw[k] is not None}
     # Old configs spread RoPE over rope_scaling/rope_theta/partial_rotary_factor; transformers 5
     # wants one rope_parameters dict. Build it here so both schemas load the same way.
     rope = dict(kwargs.pop("rope_parameters", None) or kwargs.pop("rope_scaling", None) or {})

@@ -87,7 +87,7 @@ class FinetuneConfig:
     max_steps: int = 0  # > 0 overrides epochs
     seed: int = 0
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
-    gradient_checkpointing: str = "auto"  # auto (on for GPU) | on | off
+    gradient_checkpointing: str = "auto"  # auto (on GPU) | true | false
     save_every: int = 200  # optimizer steps between checkpoints (and validations)
     keep_best: int = 3  # checkpoints kept: best N by validation metric, plus the latest
     best_metric: str = "auto"  # auto (WER when eval.metrics is there and validation has transcripts) | wer | loss
@@ -109,7 +109,7 @@ class FinetuneConfig:
         _choice("export", self.export, EXPORTS)
         _choice("export_from", self.export_from, ("best", "last"))
         _choice("precision", self.precision, ("auto", "bf16", "fp32"))
-        _choice("gradient_checkpointing", self.gradient_checkpointing, ("auto", "on", "off"))
+        _choice("gradient_checkpointing", self.gradient_checkpointing, ("auto", "true", "false"))
         _choice("best_metric", self.best_metric, ("auto", "wer", "loss"))
         for task in self.data.translation_tasks:
             _choice("data.translation_tasks", task, TRANSLATION_TASKS)
@@ -213,6 +213,8 @@ def _convert(value, hint, key: str):
         if hint is str:
             if isinstance(value, (dict, list)):
                 raise ValueError
+            if isinstance(value, bool):  # yaml reads true/on/yes as a bool
+                return "true" if value else "false"
             return "" if value is None else str(value)
     except (TypeError, ValueError):
         raise UserError(f"config: {key} must be {hint.__name__}, got {value!r}") from None
@@ -224,7 +226,7 @@ def _build(cls, raw: dict, prefix: str = ""):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = [k for k in raw if k not in names]
     if unknown:
-        raise UserError(f"config: unknown key {prefix}{unknown[0]!r} (known keys: {', '.join(sorted(names))})")
+        raise UserError(f"config: unknown key {prefix + unknown[0]!r} (known keys: {', '.join(sorted(names))})")
     return cls(**{k: _convert(v, hints[k], prefix + k) for k, v in raw.items()})
 
 
