@@ -1,7 +1,7 @@
 """Stage 1: the built-in model's small causal LM (Phi-3 family, like Phi-4-Mini), pretrained on
 English text from Debian packages and the task prompt templates, then frozen for stages 2-3.
 
-    python -m speech.builtin_recipe.lm --out work/builtin/lm [--steps 3000] [--max-minutes 40]
+    python -m speech.builtin_recipe.lm --out work/builtin/lm     # the shipped run's settings are the defaults
 
 Runs the text extraction (`speech.builtin_recipe.text`) and the tokenizer (`.tokenizer`) when
 their outputs are missing, then trains with one CPU thread and writes a transformers folder
@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -134,8 +135,6 @@ def save(model: Phi3ForCausalLM, tokenizer, out: Path, info: dict) -> None:
         os.replace(out, old)
     os.replace(tmp, out)
     if old.exists():
-        import shutil
-
         shutil.rmtree(old)
 
 
@@ -144,13 +143,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--text-dir", type=Path, help="output of speech.builtin_recipe.text (default OUT/../text)")
     parser.add_argument("--vocab-size", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=330)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument("--max-minutes", type=float, default=40.0, help="stop (and save) after this long")
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--eval-every", type=int, default=110)
+    parser.add_argument("--max-minutes", type=float, default=48.0, help="stop (and save) after this long")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -27,7 +27,7 @@ from speech.data import asterisk
 from speech.data.augment import Perturbation, perturb
 from speech.data.manifest import SPLITS, Entry, Fractions, normalize_key, split_for, write_manifests
 from speech.data.tts import Voice, synthesize
-from speech.data.wav import read_16k, write_16k
+from speech.data.wav import SAMPLE_RATE, read_16k, write_16k
 from speech.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -153,11 +153,11 @@ def asterisk_jobs(
 ) -> list[Job]:
     """The prompts of one language; split by prompt id, so a prompt's recordings in every
     language (and its translation pairs) share a split."""
+    if translate_to == lang:
+        raise UserError("--translate-to must differ from --lang")
     prompts = asterisk.prompts(lang)
     ids = asterisk.common_ids() if common else sorted(prompts)
     targets = asterisk.prompts(translate_to) if translate_to else None
-    if translate_to == lang:
-        raise UserError("--translate-to must differ from --lang")
     jobs = []
     for prompt_id in ids:
         if targets is not None and prompt_id not in targets:
@@ -200,7 +200,7 @@ def _run_job(job: Job, settings: Settings) -> tuple[Entry | None, str]:
         if job.split in settings.perturb_splits and settings.perturbation.active:
             samples, applied = perturb(samples, settings.perturbation, job.clip_id, settings.seed)
             extra.update(applied)
-        duration = len(samples) / 16000
+        duration = len(samples) / SAMPLE_RATE
         if duration > settings.max_duration:
             return None, f"{job.clip_id}: {duration:.1f} s is longer than {settings.max_duration:g} s"
         write_16k(path, samples)
@@ -230,21 +230,21 @@ def build(
     started = time.monotonic()
     by_split: dict[str, list[Entry]] = {split: [] for split in splits}
     skipped: list[str] = []
-    chunk = 8
+    chunks = list(_chunks(jobs, 8))
     with tqdm(total=len(jobs), desc=f"clips -> {settings.out_dir.name}", unit="clip", smoothing=0.05) as bar:
         if workers <= 1:
-            results = (_run_chunk((c, settings)) for c in _chunks(jobs, chunk))
+            results = (_run_chunk((c, settings)) for c in chunks)
             pool = None
         else:
             pool = ProcessPoolExecutor(max_workers=workers)
-            results = pool.map(_run_chunk, [(c, settings) for c in _chunks(jobs, chunk)])
+            results = pool.map(_run_chunk, [(c, settings) for c in chunks])
         try:
-            for batch in results:
-                for entry, why in batch:
+            for chunk, batch in zip(chunks, results):
+                for job, (entry, why) in zip(chunk, batch):
                     if entry is None:
                         skipped.append(why)
                     else:
-                        by_split[_split_of(entry, settings)].append(entry)
+                        by_split[job.split].append(entry)
                 bar.update(len(batch))
         finally:
             if pool is not None:
@@ -272,6 +272,3 @@ def build(
     os.replace(tmp, settings.out_dir / "info.json")
     return summary
 
-
-def _split_of(entry: Entry, settings: Settings) -> str:
-    return Path(entry.audio_filepath).relative_to(settings.out_dir / "audio").parts[0]

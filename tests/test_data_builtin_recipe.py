@@ -1,0 +1,98 @@
+"""The built-in model's stage 1 pieces: Debian text extraction, the byte-level BPE with Phi-4's
+special tokens, and the Phi-3-family LM config (a tiny training run, not the real one)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from transformers import AutoTokenizer, Phi3ForCausalLM
+
+from speech.builtin_recipe import lm, text, tokenizer
+from speech.data.manifest import split_for
+
+
+@pytest.mark.skipif(not text.SWORD_WEB.is_dir(), reason="sword-text-web is not installed")
+def test_bible_text_is_plain():
+    verses = list(itertools.islice(text.bible_verses(), 5))
+    assert any(v.startswith("In the beginning, God created the heavens and the earth.") for v in verses)
+    assert not any("<" in v or "strong:" in v for v in verses)
+
+
+@pytest.mark.skipif(not text.FORTUNES.is_dir(), reason="fortunes is not installed")
+def test_fortunes_are_documents():
+    cookies = list(itertools.islice(text.fortunes(), 200))
+    assert len(cookies) == 200 and all(c and "\n" not in c and not c.startswith("%") for c in cookies)
+
+
+def test_sentences_and_speakable():
+    doc = 'He said, "Go home." Then he left! Was it 1984? Yes.'
+    assert text.sentences(doc) == ['He said, "Go home."', "Then he left!", "Was it 1984?", "Yes."]
+    assert text.speakable("The cat sat on the mat.")
+    assert not text.speakable("Call 911 now please.")  # digits are read in the engine's own way
+    assert not text.speakable("The NASA rocket flew high.")
+    assert not text.speakable("Too short.")
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tok")
+    corpus = folder / "corpus.txt"
+    lines = [f"Please press {w} to transcribe the audio clip into text, number {i}." for i, w in
+             enumerate(["one", "two", "three", "star", "pound"] * 40)]
+    corpus.write_text("\n".join(lines) + "\n")
+    tokenizer.save(tokenizer.train([corpus], vocab_size=400), folder / "out")
+    return AutoTokenizer.from_pretrained(folder / "out")
+
+
+def test_tokenizer_keeps_phi4_special_tokens(small_tokenizer):
+    t = small_tokenizer
+    assert 256 + len(tokenizer.SPECIAL_TOKENS) < len(t) <= 400  # 256 byte symbols + specials + merges
+    for token in tokenizer.SPECIAL_TOKENS:
+        assert t.convert_ids_to_tokens(t.convert_tokens_to_ids(token)) == token
+    assert t.audio_token == "<|endoftext11|>" and t.image_token == "<|endoftext10|>"
+    assert t.eos_token == t.pad_token == "<|endoftext|>"
+    prompt = "<|user|>" + "<|endoftext11|>" * 7 + "Transcribe the audio clip into text.<|end|><|assistant|>"
+    ids = t(prompt, add_special_tokens=False)["input_ids"]
+    assert ids.count(t.audio_token_id) == 7 and ids[0] == t.convert_tokens_to_ids("<|user|>")
+    answer = "Press star, then ünïcode 数字."  # byte-level: any text round-trips
+    assert t.decode(t(answer)["input_ids"]) == answer
+    assert t.decode(t(prompt + answer)["input_ids"], skip_special_tokens=True) == (
+        "Transcribe the audio clip into text." + answer
+    )
+    chat = t.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    assert chat == "<|user|>hi<|end|><|assistant|>"
+
+
+@pytest.fixture
+def one_thread():
+    """Two threads on a shared 2-core machine run this tiny model ten times slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_lm_config_is_phi4_mini_in_miniature(small_tokenizer, one_thread):
+    torch.manual_seed(0)
+    config = lm.model_config(len(small_tokenizer), small_tokenizer)
+    model = Phi3ForCausalLM(config)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied
+    assert config.partial_rotary_factor == 0.75 and config.num_key_value_heads < config.num_attention_heads
+    x = small_tokenizer(["Please press star to transcribe the audio clip into text."] * 2, return_tensors="pt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = model(input_ids=x["input_ids"], labels=x["input_ids"]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1.0
+
+
+def test_text_splits_match_the_speech_corpora():
+    """The LM text and the TTS corpora share one split function: a test sentence is test everywhere."""
+    sentence = next(s for s in (f"Sentence {i} is here." for i in range(1000)) if split_for(s, text.FRACTIONS) == "test")
+    assert split_for(sentence.upper()) == "test"
