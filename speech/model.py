@@ -177,7 +177,7 @@ class SpeechModel(nn.Module):
         dev = pick_device(device)
         dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
         tokenizer = load_tokenizer(root)
-        weights = load_weights(spec)
+        weights = load_weights(spec, dtype)
         if adapter is not None:
             cls._apply_adapter_folder(Path(adapter), spec, weights)
 
@@ -214,7 +214,7 @@ class SpeechModel(nn.Module):
         if not adapter_dir.is_dir():
             raise CheckpointError(f"{adapter_dir}: no such adapter folder")
         spec.lora = _lora_from_peft_dir(adapter_dir)
-        weights.lora = read_adapter_weights(adapter_dir)
+        weights.lora = read_adapter_weights(adapter_dir)  # cast with the rest in _assign/apply_lora
         extra = adapter_dir / ADAPTER_AUDIO_WEIGHTS
         if extra.exists():
             for key, tensor in iter_safetensors([extra], lambda k: True):
