@@ -1,0 +1,54 @@
+"""Copy a trained native model folder into the package as the built-in model, weights in fp16.
+
+fp16 halves the size (the package keeps the model under 60 MB); `SpeechModel.load` casts back to
+fp32 on CPU. The config gets `speechlora_builtin: true`, so `speechlora info` says what it is.
+
+    python -m speech.builtin_recipe.ship --from work/builtin/stage3/model --to speech/builtin/model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+_COPY = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+         "generation_config.json")
+
+
+def _half(src: Path, dst: Path) -> None:
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in load_file(str(src)).items()}
+    save_file(tensors, str(dst), metadata={"format": "pt"})
+
+
+def ship(source: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    (target / "speech-lora").mkdir(parents=True)
+    config = json.loads((source / "config.json").read_text())
+    config["speechlora_builtin"] = True
+    config["torch_dtype"] = "float16"
+    (target / "config.json").write_text(json.dumps(config, indent=2))
+    for name in _COPY:
+        if (source / name).exists():
+            shutil.copy2(source / name, target / name)
+    _half(source / "model.safetensors", target / "model.safetensors")
+    _half(source / "speech-lora" / "adapter_model.safetensors", target / "speech-lora" / "adapter_model.safetensors")
+    shutil.copy2(source / "speech-lora" / "adapter_config.json", target / "speech-lora" / "adapter_config.json")
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    print(f"{target}: {size / 1e6:.1f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--from", dest="source", required=True, type=Path)
+    parser.add_argument("--to", dest="target", required=True, type=Path)
+    args = parser.parse_args()
+    ship(args.source, args.target)
+
+
+if __name__ == "__main__":
+    main()
