@@ -13,7 +13,7 @@ import os
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "finetune",
-        help="fine-tune the speech LoRA / projector / encoder on jsonl manifests (see docs/finetune.md)",
+        help="fine-tune the speech LoRA / projector / encoder on jsonl manifests (see README: Fine-tuning)",
         description="Fine-tune on jsonl manifests with HF accelerate (DDP by default; FSDP/DeepSpeed through "
                     "an accelerate config). Writes checkpoints, TensorBoard logs and an adapter (or a full model) "
                     "into the config's output_dir. Multi-GPU: torchrun --nproc-per-node N -m speech.cli finetune "

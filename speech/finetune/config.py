@@ -73,7 +73,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """One training run. See docs/finetune.md for every key."""
+    """One training run. README's "Config keys" table lists every key."""
 
     output_dir: str = ""
     model: str = ""  # checkpoint folder (either layout); empty = the built-in model
