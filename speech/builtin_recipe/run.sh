@@ -14,6 +14,9 @@ OMP_NUM_THREADS=1 python -m speech.builtin_recipe.lm --out $W/lm --steps 330 --w
 python -m speech.builtin_recipe.data --out $D --jobs 1
 python -m speech.finetune.assemble --lm $W/lm --out $W/stage1 --hidden 256 --blocks 4 \
     --manifest $D/tts_flite/train.jsonl --manifest $D/tts_festival/train.jsonl --manifest $D/asterisk_en/train.jsonl
+python -m speech.builtin_recipe.ctc --model $W/stage1 --out $W/stage1c --manifest $D/tts_espeak/train.jsonl \
+    --manifest $D/tts_flite/train.jsonl --manifest $D/tts_festival/train.jsonl --manifest $D/asterisk_en/train.jsonl \
+    --steps 1300 --max-minutes 22
 speechlora finetune speech/builtin_recipe/stage2.yaml
 python -m speech.builtin_recipe.mix --out $D/stage3/train.jsonl $D/tts_espeak/train.jsonl:5000 \
     $D/tts_flite/train.jsonl:1500 $D/tts_festival/train.jsonl:500 $D/asterisk_en/train.jsonl:x2 \
