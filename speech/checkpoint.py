@@ -132,7 +132,7 @@ def _remote_audio_config(raw: dict) -> Phi4MultimodalAudioConfig:
     return Phi4MultimodalAudioConfig(**cfg)
 
 
-def _lora_from_peft_dir(lora_dir: Path) -> LoraSpec:
+def lora_from_peft_dir(lora_dir: Path) -> LoraSpec:
     cfg = _read_json(lora_dir / "adapter_config.json")
     if cfg.get("peft_type", "LORA").upper() != "LORA":
         raise CheckpointError(f"{lora_dir}: not a LoRA adapter (peft_type {cfg.get('peft_type')})")
@@ -163,7 +163,7 @@ def read_spec(path: str | Path) -> CheckpointSpec:
         audio_kwargs = {k: v for k, v in audio_raw.items() if known is None or k in known}
         audio = Phi4MultimodalAudioConfig(**audio_kwargs)
         lora_dir = root / "speech-lora"
-        lora = _lora_from_peft_dir(lora_dir) if lora_dir.is_dir() else None
+        lora = lora_from_peft_dir(lora_dir) if lora_dir.is_dir() else None
         layout = "builtin" if raw.get("speechlora_builtin") else "native"
         spec = CheckpointSpec(root, layout, audio, _lm_config(raw), lora, lora_dir if lora else None)
     else:

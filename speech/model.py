@@ -30,6 +30,7 @@ from speech.checkpoint import (
     Weights,
     iter_safetensors,
     load_weights,
+    lora_from_peft_dir,
     read_adapter_weights,
     read_spec,
 )
@@ -209,11 +210,9 @@ class SpeechModel(nn.Module):
 
     @staticmethod
     def _apply_adapter_folder(adapter_dir: Path, spec: CheckpointSpec, weights: Weights) -> None:
-        from speech.checkpoint import _lora_from_peft_dir
-
         if not adapter_dir.is_dir():
             raise CheckpointError(f"{adapter_dir}: no such adapter folder")
-        spec.lora = _lora_from_peft_dir(adapter_dir)
+        spec.lora = lora_from_peft_dir(adapter_dir)
         weights.lora = read_adapter_weights(adapter_dir)  # cast with the rest in _assign/apply_lora
         extra = adapter_dir / ADAPTER_AUDIO_WEIGHTS
         if extra.exists():

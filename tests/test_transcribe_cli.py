@@ -94,8 +94,10 @@ def test_bad_task_or_language(tiny_native, speech_dir, args, reason):
     assert reason in line
 
 
-def test_bad_model_folders(tmp_path, speech_dir):
+def test_bad_model_folders(tmp_path, speech_dir, tiny_native):
     assert "no such folder" in _one_clear_line(cli("transcribe", speech_dir / "s0.wav", "--model", tmp_path / "x"))
+    line = _one_clear_line(cli("transcribe", speech_dir / "s0.wav", "--model", tiny_native, "--adapter", tmp_path / "nope"))
+    assert "no such adapter folder" in line
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     assert "model_type 'bert'" in _one_clear_line(cli("transcribe", speech_dir / "s0.wav", "--model", tmp_path))
 
