@@ -164,7 +164,7 @@ def test_two_processes_match_one_process(tiny_native, corpus, tmp_path):
     one = write_config(tmp_path / "one" / "cfg.yaml", tiny_native, corpus, **common)
     train(one)
     two = write_config(tmp_path / "two" / "cfg.yaml", tiny_native, corpus, **common)
-    result = subprocess.run(["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "speech.cli",
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "speech.cli",
                              "finetune", str(two)], env=ENV, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     logs = [[json.loads(line) for line in (p.parent / "run" / "log.jsonl").read_text().splitlines()]

@@ -113,7 +113,9 @@ def test_shipped_example_configs_load():
 
     from speech.finetune.config import load_config
 
-    examples = sorted((Path(__file__).parent.parent / "examples" / "finetune").glob("*.yaml"))
-    assert len(examples) >= 4
+    root = Path(__file__).parent.parent
+    examples = sorted((root / "examples" / "finetune").glob("*.yaml")) + sorted(
+        (root / "speech" / "builtin_recipe").glob("*.yaml"))
+    assert len(examples) >= 6
     for path in examples:
         load_config(path)
