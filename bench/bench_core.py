@@ -12,7 +12,6 @@ encoder lets padding leak into valid frames (ours does not), and we compare like
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import tempfile
 import time

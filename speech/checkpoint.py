@@ -104,6 +104,12 @@ def _lm_config(raw: dict) -> Phi3Config:
         raise CheckpointError(f"cannot build the language-model config: {exc}") from None
 
 
+def _audio_config(fields: dict) -> Phi4MultimodalAudioConfig:
+    """transformers' audio config from the fields it knows (saved configs carry extra keys)."""
+    known = getattr(Phi4MultimodalAudioConfig, "__dataclass_fields__", None)
+    return Phi4MultimodalAudioConfig(**{k: v for k, v in fields.items() if known is None or k in known})
+
+
 def _remote_audio_config(raw: dict) -> Phi4MultimodalAudioConfig:
     """The remote `audio_processor.config` in transformers' names (as the official converter does)."""
     try:
@@ -126,10 +132,7 @@ def _remote_audio_config(raw: dict) -> Phi4MultimodalAudioConfig:
         "depthwise_seperable_out_channel", cfg["hidden_size"])
     if "downsample_rate" in embd:
         cfg["downsample_rate"] = embd["downsample_rate"]
-    known = set(Phi4MultimodalAudioConfig.__dataclass_fields__) if hasattr(Phi4MultimodalAudioConfig, "__dataclass_fields__") else None
-    if known:
-        cfg = {k: v for k, v in cfg.items() if k in known}
-    return Phi4MultimodalAudioConfig(**cfg)
+    return _audio_config(cfg)
 
 
 def lora_from_peft_dir(lora_dir: Path) -> LoraSpec:
@@ -158,10 +161,7 @@ def read_spec(path: str | Path) -> CheckpointSpec:
         lora = LoraSpec(int(sl["r"]), int(sl["lora_alpha"]), float(sl.get("dp", 0.0))) if sl.get("r") else None
         spec = CheckpointSpec(root, "remote", audio, _lm_config(raw), lora)
     elif model_type == "phi4_multimodal":
-        audio_raw = raw.get("audio_config") or {}
-        known = getattr(Phi4MultimodalAudioConfig, "__dataclass_fields__", None)
-        audio_kwargs = {k: v for k, v in audio_raw.items() if known is None or k in known}
-        audio = Phi4MultimodalAudioConfig(**audio_kwargs)
+        audio = _audio_config(raw.get("audio_config") or {})
         lora_dir = root / "speech-lora"
         lora = lora_from_peft_dir(lora_dir) if lora_dir.is_dir() else None
         layout = "builtin" if raw.get("speechlora_builtin") else "native"

@@ -12,7 +12,6 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -131,12 +130,6 @@ def _assign(module: nn.Module, state: dict[str, torch.Tensor], what: str, dtype:
     for name, tensor in module.state_dict().items():
         if tensor.is_meta and name not in optional:
             raise CheckpointError(f"{what}: weight {name} was never loaded")
-
-
-@dataclass
-class _Batch:
-    embeds: torch.Tensor
-    attention_mask: torch.Tensor
 
 
 class SpeechModel(nn.Module):
