@@ -22,10 +22,10 @@ SENTENCES = [
     "the quick brown fox jumps over the lazy dog",
 ]
 # Corpus WER bound for these clips (the target is 10% on held-out TTS speech). The shipped
-# model does not reach it yet: 114.6% WER on the held-out set (README model card), so this is an
+# model does not reach it yet: 91.0% WER on the held-out set (README model card), so this is an
 # expected failure until a better-trained model ships; it turns into a pass by itself then.
 MAX_WER = 0.6
-UNDERTRAINED = pytest.mark.xfail(reason="built-in model undertrained: 114.6% WER on held-out TTS (model card)",
+UNDERTRAINED = pytest.mark.xfail(reason="built-in model undertrained: 91.0% WER on held-out TTS (model card)",
                                  strict=False)
 
 

@@ -21,14 +21,15 @@ python -m speech.builtin_recipe.ctc --model $W/stage1 --out $W/stage2 --manifest
     --manifest $D/asterisk_en/train.jsonl --manifest $D/asterisk_en/train.jsonl \
     --manifest $D/asterisk_en/train.jsonl --manifest $D/asterisk_en/train.jsonl \
     --lr 5e-4 --steps 4500 --warmup 150 --max-minutes 50
-# stage 3: projector + fresh speech LoRA on task prompts, encoder and LM frozen; ~55 min
+# stage 3: projector + fresh speech LoRA on task prompts, encoder and LM frozen; ~38 min
 python -m speech.builtin_recipe.mix --out $D/stage3/train.jsonl $D/tts_espeak/train.jsonl:20000 \
     $D/tts_flite/train.jsonl:6000 $D/tts_festival/train.jsonl:2000 $D/asterisk_en/train.jsonl:x4 \
     $D/asterisk_es/train.jsonl:x6 $D/asterisk_fr/train.jsonl:x6
 python -m speech.builtin_recipe.mix --out $D/stage3/dev.jsonl $D/tts_espeak/dev.jsonl:24 \
     $D/asterisk_en/dev.jsonl $D/asterisk_es/dev.jsonl:12
 speechlora finetune speech/builtin_recipe/stage3.yaml
-python -m speech.builtin_recipe.ship --from $W/stage3/model --to speech/builtin/model
+speechlora finetune speech/builtin_recipe/stage3b.yaml   # a second pass at half the lr; ~15 min
+python -m speech.builtin_recipe.ship --from $W/stage3b/model --to speech/builtin/model
 bash speech/builtin_recipe/evaluate.sh
 speechlora finetune speech/builtin_recipe/spanish.yaml
 rm -rf speech/builtin/adapters/spanish && cp -r $W/spanish/adapter speech/builtin/adapters/spanish
