@@ -1,20 +1,19 @@
-"""Stage 1c of the built-in model: pretrain the fresh conformer encoder with CTC on English speech.
+"""Stage 2 of the built-in model: the fresh conformer encoder learns to hear, with CTC, alone.
 
 Why: Phi-4-multimodal's encoder was an ASR model before it met the LM. Started from random
-weights, our encoder gets its only signal through a frozen 5M-parameter LM in stage 2, and on
-2 CPU cores that cold start did not end within 300 steps (the loss stayed at the LM's
-unconditional level). A CTC head teaches the encoder to hear directly; stage 2 then only has to map that onto the LM.
-The head is thrown away; the encoder weights are written back into a copy of the model folder.
+weights, our encoder got its only signal through a frozen 5M-parameter LM, and on 2 CPU cores
+that cold start never left the LM's unconditional loss. A CTC head teaches the encoder to hear
+directly; stage 3 then only has to map that onto the LM. The head is thrown away; the encoder
+weights are written back into a copy of the model folder (saved every ``--save-every`` minutes).
 
-Targets: characters (a-z, apostrophe, space) by default. A CTC head over the LM's 4,096 BPE
-tokens sat on the blank plateau (loss ~5.9) for 1,000 steps; 28 characters are each seen
-thousands of times per minute of training and break through far sooner. The encoder emits one
-frame per 80 ms (12.5/s) and English is ~15 characters/s, so the head predicts ``--upsample``
-(default 3) CTC slots per encoder frame (a linear layer to U x (V+1), reshaped), the usual trick
-for CTC over units faster than the frame rate. ``--targets bpe`` keeps the old behaviour.
+Targets: characters (a-z, apostrophe, space) by default, or the LM's BPE tokens (``--targets
+bpe``). The encoder emits one frame per 80 ms (12.5/s) and English is ~15 characters/s, so for
+characters the head predicts ``--upsample`` (default 3) CTC slots per encoder frame (a linear
+layer to U x (V+1), reshaped), the usual trick for CTC over units faster than the frame rate.
+The learning rate matters most: see the note at ``--lr``.
 
-    python -m speech.builtin_recipe.ctc --model work/builtin/stage1 --out work/builtin/stage1c \\
-        --manifest work/builtin/data/tts_espeak/train.jsonl ... --max-minutes 20
+    python -m speech.builtin_recipe.ctc --model work/builtin/stage1 --out work/builtin/stage2 \\
+        --manifest work/builtin/data/tts_espeak/train.jsonl ... --max-minutes 50
 """
 
 from __future__ import annotations
@@ -115,6 +114,7 @@ def main() -> None:
     log.info("CTC pretraining on %d clips (%.1f h); encoder %d parameters", len(examples),
              sum(e.duration for e in examples) / 3600, sum(p.numel() for p in encoder.parameters()))
 
+    copy_model_files(args)
     encoder.train()
     start, ema, history = time.time(), None, []
     last_save = start
@@ -158,12 +158,16 @@ def main() -> None:
     log.info("wrote %s after %d steps (CTC loss %.3f)", args.out, step, ema)
 
 
-def save(args, state: dict, encoder: ConformerEncoder, record: dict) -> None:
-    """Write --out: a copy of --model whose encoder weights are the ones being trained."""
+def copy_model_files(args) -> None:
+    """--out gets --model's config and tokenizer files (the weights are written by `save`)."""
     args.out.mkdir(parents=True, exist_ok=True)
     for item in args.model.iterdir():
         if item.is_file() and item.name != "model.safetensors":
             shutil.copy2(item, args.out / item.name)
+
+
+def save(args, state: dict, encoder: ConformerEncoder, record: dict) -> None:
+    """Write --out's weights: --model's, with the encoder's replaced by the ones being trained."""
     trained = {ENCODER + k: v.detach().to(state[ENCODER + k].dtype).contiguous() for k, v in encoder.state_dict().items()}
     state.update(trained)
     tmp = args.out / "model.safetensors.tmp"
