@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from speech.commands import CTC_HELP
 from speech.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("results"), help="where result files go (default: results/)")
     parser.add_argument("--model", type=Path, default=None, help="checkpoint folder (default: the built-in model)")
     parser.add_argument("--adapter", type=Path, default=None, help="fine-tuned speech adapter folder")
+    parser.add_argument("--ctc-weight", type=float, default=None, metavar="W", help=CTC_HELP)
     parser.add_argument("--model-id", default=None,
                         help="model name in file names (default: speechlora/builtin, or local/<folder name>)")
     parser.add_argument("--task", default="transcribe", help="transcribe (default), translate or both")
@@ -64,9 +66,11 @@ def register(subparsers) -> None:
     score.set_defaults(func=run_score)
 
 
-def default_model_id(model: Path | None, adapter: Path | None) -> str:
+def default_model_id(model: Path | None, adapter: Path | None, ctc_weight: float | None = None) -> str:
+    """Names the decoding setup too, so a resumed run never mixes results of two setups."""
     base = BUILTIN_MODEL_ID if model is None else f"local/{model.resolve().name}"
-    return base if adapter is None else f"{base}+{adapter.resolve().name}"
+    base = base if adapter is None else f"{base}+{adapter.resolve().name}"
+    return base if ctc_weight is None else f"{base}-ctc{ctc_weight:g}"
 
 
 def _report(directory: Path, lang: str, model_id: str | None, report_dir: Path, top: int) -> None:
@@ -110,7 +114,7 @@ def run_eval(args: argparse.Namespace) -> int:
         for ds in load_datasets(args.manifest, args.dataset)
     ]
     options = RunOptions(
-        model_id=args.model_id or default_model_id(args.model, args.adapter),
+        model_id=args.model_id or default_model_id(args.model, args.adapter, args.ctc_weight),
         task=task,
         lang=lang,
         batch_size=args.batch_size,
@@ -150,4 +154,5 @@ def _load_model(args: argparse.Namespace, dist):
 
         if torch.cuda.is_available():
             device = f"cuda:{dist.local_rank % torch.cuda.device_count()}"
-    return SpeechModel.load(args.model, adapter=args.adapter, device=device, dtype=_dtype(args.dtype))
+    return SpeechModel.load(args.model, adapter=args.adapter, device=device, dtype=_dtype(args.dtype),
+                            ctc_weight=args.ctc_weight)

@@ -12,11 +12,16 @@ from speech.prompts import LANGUAGES, TASKS, Task
 MODEL_HELP = "local Phi-4-multimodal-instruct folder (remote-code or native layout); default: the built-in model"
 
 
+CTC_HELP = ("weight of the model's CTC head in joint decoding of English transcription, 0..1 "
+            "(0 = off; default: the tuned weight stored with the head; only the built-in model has one)")
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """--model/--adapter/--device, shared by every command that loads a model."""
     parser.add_argument("--model", metavar="DIR", help=MODEL_HELP)
     parser.add_argument("--adapter", metavar="DIR", help="a fine-tuned speech adapter folder (PEFT format)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--ctc-weight", type=float, default=None, metavar="W", help=CTC_HELP)
 
 
 def _srt_time(seconds: float) -> str:
@@ -42,7 +47,7 @@ def run_transcribe(args: argparse.Namespace) -> int:
     from speech.model import SpeechModel
 
     task = Task.parse(args.task, args.target_lang)
-    model = SpeechModel.load(args.model, adapter=args.adapter, device=args.device)
+    model = SpeechModel.load(args.model, adapter=args.adapter, device=args.device, ctc_weight=args.ctc_weight)
     results = model.transcribe(args.files, task=task, batch_size=args.batch_size,
                                progress=args.progress and sys.stderr.isatty())
     failed = 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers import Phi3ForCausalLM, PreTrainedTokenizerBase
+from transformers import DynamicCache, Phi3ForCausalLM, PreTrainedTokenizerBase
 from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
 
 from encoder.conformer import ConformerEncoder, SpeechProjector
@@ -33,6 +33,7 @@ from speech.checkpoint import (
     read_adapter_weights,
     read_spec,
 )
+from speech.ctc import CTCHead, Lexicon, char_ids, load_ctc_head, prefix_beam_search, sequence_log_probs
 from speech.decoding import greedy_decode
 from speech.errors import CheckpointError, UserError
 from speech.prompts import AUDIO_MARKER, LANGUAGES, TASKS, Task, build_prompt
@@ -152,16 +153,36 @@ class SpeechModel(nn.Module):
             i for i in [self.tokenizer.convert_tokens_to_ids("<|endoftext10|>")] if i not in (None, self.tokenizer.unk_token_id)]
         self.adapter: Path | None = None
         self.load_seconds = 0.0
+        # CTC rescoring of English transcripts (speech.ctc); only model folders that ship a
+        # ctc_head.safetensors (the built-in model) have a head.
+        self.ctc_head: CTCHead | None = None
+        self.ctc_weight = 0.0
+        self.ctc_beam = 8
+        self.lexicon: Lexicon | None = None
+        # Measured on dev clips (docs/builtin-model.md, "CTC rescoring"): a second respelling
+        # pass, 16 rescored spellings, the LM's own transcript as a candidate, more than 2
+        # respellings per word or characters down to log-prob -7 gain <= 0.2 points of WER
+        # each and cost 5-25 % of the speed.
+        self.ctc_rescore_top = 8
+        self.respell_passes = 1
+        self.respell_limit = 6
+        self.respell_keep = 2
+        self.ctc_prune = -5.0  # characters below this log-prob in a slot are not tried there
+        self.ctc_lm_candidate = False
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path | None = None, adapter: str | Path | None = None, device: str | None = None,
-             dtype: torch.dtype | None = None, merge_lora: bool = True) -> "SpeechModel":
+             dtype: torch.dtype | None = None, merge_lora: bool = True,
+             ctc_weight: float | None = None) -> "SpeechModel":
         """Load a local checkpoint folder (either layout), or the built-in model when `path` is None.
 
         `adapter`: a PEFT folder of a fine-tuned speech adapter; it replaces the checkpoint's speech
         LoRA (and its projector/encoder, when the folder carries them). `merge_lora=False` keeps
-        the LoRA as separate peft modules (for training).
+        the LoRA as separate peft modules (for training). `ctc_weight`: the weight of the folder's
+        CTC head when rescoring English transcripts (speech.ctc; 0 turns it off; default: the
+        weight stored with the head, or off with an adapter: a new language, which the head's
+        alphabet was not trained on).
         """
         start = time.perf_counter()
         root = Path(path) if path is not None else builtin_path()
@@ -195,6 +216,13 @@ class SpeechModel(nn.Module):
             lm = apply_lora(lm, spec.lora, weights.lora, merge=merge_lora)
         model = cls(spec, tokenizer, encoder, projector, lm, dev)
         model.adapter = Path(adapter) if adapter is not None else None
+        head = load_ctc_head(root, spec.audio_config.hidden_size, dev)
+        if head is not None:
+            model.ctc_head, model.ctc_beam = head[0], head[2]
+            model.lexicon = Lexicon.load(root, model.ctc_head.chars)
+            model.ctc_weight = ctc_weight if ctc_weight is not None else (0.0 if adapter else head[1])
+            if not 0.0 <= model.ctc_weight <= 1.0:
+                raise UserError(f"ctc_weight must be in [0, 1], not {model.ctc_weight}")
         model.eval()
         model.load_seconds = time.perf_counter() - start
         log.info("loaded %s (%s layout%s) on %s/%s in %.1f s", root, spec.layout,
@@ -256,6 +284,9 @@ class SpeechModel(nn.Module):
               audio_feature_lengths: torch.Tensor) -> torch.Tensor:
         """Token embeddings with every audio placeholder replaced by its projected encoder state."""
         states, lengths = self.encoder(audio_features.to(self.dtype), audio_feature_lengths)
+        return self._embed_states(input_ids, states, lengths)
+
+    def _embed_states(self, input_ids: torch.Tensor, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         audio = self.projector(states)
         valid = torch.arange(audio.shape[1], device=audio.device)[None, :] < lengths[:, None]
         embeds = self.lm.get_input_embeddings()(input_ids)
@@ -305,10 +336,144 @@ class SpeechModel(nn.Module):
         features, frame_lengths = self.features(audios)
         n_tokens = ConformerEncoder.output_lengths(frame_lengths.cpu()).tolist()
         ids, mask = self._left_pad([self.prompt_ids(t, n) for t, n in zip(tasks, n_tokens)])
-        embeds = self.embed(ids, features, frame_lengths)
+        states, lengths = self.encoder(features.to(self.dtype), frame_lengths)
+        embeds = self._embed_states(ids, states, lengths)
         budgets = [max_new_tokens or self.max_new_tokens(len(a), t) for a, t in zip(audios, tasks)]
-        out = greedy_decode(self.lm, embeds, mask, self.stop_token_ids, budgets, self.suppress_token_ids)
-        return [self.tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in out]
+        ctc_rows = [i for i, t in enumerate(tasks) if t.kind == "transcribe"] \
+            if self.ctc_head is not None and self.ctc_weight > 0 else []
+        # With CTC rescoring, the LM's own greedy transcript is one more candidate; it rarely wins
+        # and costs a full decode, so by default it is not made (ctc_lm_candidate).
+        lm_rows = [i for i in range(len(audios)) if i not in ctc_rows or self.ctc_lm_candidate]
+        texts = [""] * len(audios)
+        if lm_rows:
+            pick = torch.tensor(lm_rows, device=self.device)
+            out = greedy_decode(self.lm, embeds[pick], mask[pick], self.stop_token_ids, [budgets[i] for i in lm_rows],
+                                self.suppress_token_ids)
+            for i, tokens in zip(lm_rows, out):
+                texts[i] = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        if ctc_rows:
+            texts = self._ctc_rescore(texts, ctc_rows, states, lengths, embeds, mask)
+        return texts
+
+    def _ctc_rescore(self, texts: list[str], rows: list[int], states: torch.Tensor, lengths: torch.Tensor,
+                     embeds: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        """Replace each row's transcript by the best of {LM's, CTC n-best, ""}, then respell (speech.ctc)."""
+        head = self.ctc_head
+        log_probs, slots = head(states.float(), lengths)
+        log_probs, slots = log_probs.cpu(), slots.cpu()
+        proposals = {}
+        for row in rows:
+            nbest = prefix_beam_search(log_probs[row], int(slots[row]), head.chars, beam=self.ctc_beam,
+                                       prune=self.ctc_prune)
+            write = self.lexicon.write if self.lexicon else (lambda t: t[:1].upper() + t[1:])
+            lm_text = [texts[row]] if self.ctc_lm_candidate else []
+            proposals[row] = lm_text + [write(t) for t, _ in nbest[: self.ctc_rescore_top]] + [""]
+        prefill = self._prefill(embeds, mask)
+        best = self._best_of(proposals, log_probs, slots, prefill)
+        for _ in range(self.respell_passes if self.lexicon is not None else 0):
+            changes = {row: self.lexicon.respellings(best[row][1], self.respell_limit) for row in rows}
+            if not any(changes.values()):
+                break
+            variants = {}
+            for row in rows:
+                words = best[row][1].split()
+                spelled = [" ".join(words[:i] + [w] + words[i + n:]) for i, n, w in changes[row]]
+                # The LM pass is the costly part: per word, only the spellings CTC likes best go on.
+                ctc = sequence_log_probs(log_probs[row], int(slots[row]), spelled, head.chars)
+                counts: dict[int, int] = {}
+                keep = []
+                for k in sorted(range(len(spelled)), key=lambda k: -ctc[k]):
+                    first = changes[row][k][0]
+                    if counts.get(first, 0) < self.respell_keep:
+                        counts[first] = counts.get(first, 0) + 1
+                        keep.append(k)
+                keep.sort()
+                changes[row] = [changes[row][k] for k in keep]
+                variants[row] = [best[row][1]] + [spelled[k] for k in keep]
+            scored = self._score(variants, log_probs, slots, prefill, dedupe=False)
+            for row in rows:  # respellings that beat the text as it is, best first, not overlapping
+                base, words = scored[row][0][0], best[row][1].split()
+                wins = sorted(((score, i, n, w) for (i, n, w), (score, _) in zip(changes[row], scored[row][1:])
+                               if score > base), reverse=True)
+                taken: set[int] = set()
+                for _, i, n, w in wins:
+                    if taken.isdisjoint(range(i, i + n)):
+                        taken.update(range(i, i + n))
+                        words[i: i + n] = [w] + [""] * (n - 1)
+                best[row] = (base, " ".join(w for w in words if w))
+        return [best[i][1] if i in best else t for i, t in enumerate(texts)]
+
+    def _score(self, proposals: dict[int, list[str]], log_probs, slots, prefill: tuple,
+               dedupe: bool = True) -> dict[int, list[tuple[float, str]]]:
+        """Each row's candidate transcripts with w * log P_ctc + (1 - w) * log P_lm, in the given order
+        (with `dedupe`, only the first of candidates spelled alike: the LM's, which has casing)."""
+        chars, owners, candidates, ctc = self.ctc_head.chars, [], [], []
+        for row, texts in proposals.items():
+            seen, mine = set(), []
+            for text in texts:
+                spelled = tuple(char_ids(text, chars))
+                if not dedupe or spelled not in seen:
+                    seen.add(spelled)
+                    mine.append(text)
+            proposals[row] = mine
+            owners += [row] * len(mine)
+            candidates += mine
+            ctc += sequence_log_probs(log_probs[row], int(slots[row]), mine, chars)
+        lm = self._answer_log_probs(prefill, owners, candidates)
+        out: dict[int, list[tuple[float, str]]] = {row: [] for row in proposals}
+        for row, text, c, a in zip(owners, candidates, ctc, lm):
+            out[row].append((self.ctc_weight * c + (1 - self.ctc_weight) * a, text))
+        return out
+
+    def _best_of(self, proposals, log_probs, slots, prefill: tuple) -> dict[int, tuple[float, str]]:
+        return {row: max(scored, key=lambda x: x[0]) for row, scored in
+                self._score(proposals, log_probs, slots, prefill).items()}
+
+    @torch.inference_mode()
+    def _prefill(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple:
+        """The prompts through the LM once: next-token logits, per-layer K/V and positions."""
+        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.lm.config)
+        first = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                        use_cache=True, logits_to_keep=1).logits[:, -1]
+        return first, [(layer.keys, layer.values) for layer in cache.layers], position_ids[:, -1], mask
+
+    @torch.inference_mode()
+    def _answer_log_probs(self, prefill: tuple, owners: list[int], answers: list[str], chunk: int = 48) -> list[float]:
+        """log P_lm(answer + end | row's prompt) for each (row, answer), teacher-forced.
+
+        Each answer runs on a copy of its row's prompt K/V (`_prefill`), so scoring ten
+        candidates costs ten short answers, not ten prompts; answers go in chunks of similar
+        length, so little is spent on padding.
+        """
+        first, kv, last_position, mask = prefill
+        stop = self.stop_token_ids[0]
+        ids = [self.tokenizer.encode(a, add_special_tokens=False) + [stop] for a in answers]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        scores = [0.0] * len(ids)
+        for start in range(0, len(order), chunk):
+            picked = order[start: start + chunk]
+            rows = torch.tensor([owners[i] for i in picked], device=self.device)
+            width = max(len(ids[i]) for i in picked)
+            answer_ids = torch.full((len(picked), width), stop, dtype=torch.long)
+            answer_mask = torch.zeros((len(picked), width), dtype=torch.long)
+            for j, i in enumerate(picked):
+                answer_ids[j, : len(ids[i])] = torch.tensor(ids[i])
+                answer_mask[j, : len(ids[i])] = 1
+            answer_ids, answer_mask = answer_ids.to(self.device), answer_mask.to(self.device)
+            logits = first[rows, None]
+            if width > 1:
+                cache = DynamicCache(config=self.lm.config)
+                for layer, (keys, values) in enumerate(kv):
+                    cache.update(keys[rows], values[rows], layer)
+                rest = self.lm(input_ids=answer_ids[:, :-1], attention_mask=torch.cat([mask[rows], answer_mask[:, :-1]], 1),
+                               position_ids=last_position[rows, None] + 1 + torch.arange(width - 1, device=self.device),
+                               past_key_values=cache, use_cache=True).logits
+                logits = torch.cat([logits, rest], dim=1)
+            token_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, answer_ids[..., None])[..., 0]
+            for j, score in enumerate((token_lp * answer_mask).sum(-1).tolist()):
+                scores[picked[j]] = score
+        return scores
 
     def transcribe(self, inputs, task: Task = Task(), batch_size: int = 8, vad=None, progress: bool = False):
         """Files or arrays of any length -> `Transcript`s (see speech.transcribe)."""

@@ -3,8 +3,11 @@
 Why: Phi-4-multimodal's encoder was an ASR model before it met the LM. Started from random
 weights, our encoder got its only signal through a frozen 5M-parameter LM, and on 2 CPU cores
 that cold start never left the LM's unconditional loss. A CTC head teaches the encoder to hear
-directly; stage 3 then only has to map that onto the LM. The head is thrown away; the encoder
-weights are written back into a copy of the model folder (saved every ``--save-every`` minutes).
+directly; stage 3 then only has to map that onto the LM. The encoder weights are written back
+into a copy of the model folder (saved every ``--save-every`` minutes), and the character head
+next to them as ``ctc_head.safetensors``: shipped with the built-in model, it rescores the LM's
+choices during decoding (speech/ctc.py, joint CTC/attention decoding). ``--freeze-encoder``
+trains only a head on a finished encoder.
 
 Targets: characters (a-z, apostrophe, space) by default, or the LM's BPE tokens (``--targets
 bpe``). The encoder emits one frame per 80 ms (12.5/s) and English is ~15 characters/s, so for
@@ -89,6 +92,8 @@ def main() -> None:
     parser.add_argument("--targets", choices=("chars", "bpe"), default="chars")
     parser.add_argument("--upsample", type=int, default=3, help="CTC slots per encoder frame")
     parser.add_argument("--save-every", type=float, default=10.0, help="minutes between saves of --out")
+    parser.add_argument("--freeze-encoder", action="store_true",
+                        help="train only the CTC head on --model's encoder (e.g. lr 3e-3, a few hundred steps)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(args.seed)
@@ -104,7 +109,9 @@ def main() -> None:
     else:
         blank, upsample, encode = len(CHARS), args.upsample, char_ids
     head = nn.Linear(spec.audio_config.hidden_size, upsample * (blank + 1))
-    params = list(encoder.parameters()) + list(head.parameters())
+    if args.freeze_encoder:
+        encoder.requires_grad_(False)
+    params = [p for p in list(encoder.parameters()) + list(head.parameters()) if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / args.warmup) * (
         0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))))
@@ -115,14 +122,15 @@ def main() -> None:
              sum(e.duration for e in examples) / 3600, sum(p.numel() for p in encoder.parameters()))
 
     copy_model_files(args)
-    encoder.train()
+    encoder.train(not args.freeze_encoder)
     start, ema, history = time.time(), None, []
     last_save = start
     for step, batch in enumerate(batches(examples, args.batch_size, args.seed), 1):
         audios = [load_audio(e.audio) for e in batch]
         labels = [encode(e.answer) for e in batch]
         features, lengths = featurizer(audios)
-        states, out_lengths = encoder(features, lengths)
+        with torch.set_grad_enabled(not args.freeze_encoder):
+            states, out_lengths = encoder(features, lengths)
         logits = head(states)  # [B, T, U * (V + 1)] -> [B, U * T, V + 1]
         logits = logits.reshape(logits.shape[0], -1, blank + 1)
         out_lengths = out_lengths * upsample
@@ -148,9 +156,10 @@ def main() -> None:
             history.append(record)
         done = step >= args.steps or (time.time() - start) / 60 >= args.max_minutes
         if done or time.time() - last_save >= args.save_every * 60:
-            save(args, state, encoder, {"manifests": args.manifest, "clips": len(examples), "steps": step,
+            save(args, state, encoder, head, {"manifests": args.manifest, "clips": len(examples), "steps": step,
                                         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                                         "targets": args.targets, "upsample": upsample,
+                                        "freeze_encoder": args.freeze_encoder,
                                         "final_loss_ema": ema, "history": history})
             last_save = time.time()
         if done:
@@ -166,13 +175,18 @@ def copy_model_files(args) -> None:
             shutil.copy2(item, args.out / item.name)
 
 
-def save(args, state: dict, encoder: ConformerEncoder, record: dict) -> None:
-    """Write --out's weights: --model's, with the encoder's replaced by the ones being trained."""
+def save(args, state: dict, encoder: ConformerEncoder, head: nn.Linear, record: dict) -> None:
+    """Write --out's weights: --model's, with the encoder's replaced by the ones being trained; and the head."""
     trained = {ENCODER + k: v.detach().to(state[ENCODER + k].dtype).contiguous() for k, v in encoder.state_dict().items()}
     state.update(trained)
     tmp = args.out / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(args.out / "model.safetensors")  # atomic: a kill mid-save keeps the last good copy
+    if record["targets"] == "chars":
+        head_tmp = args.out / "ctc_head.safetensors.tmp"
+        save_file({"weight": head.weight.detach().contiguous(), "bias": head.bias.detach().contiguous()},
+                  str(head_tmp), metadata={"chars": CHARS, "upsample": str(record["upsample"])})
+        head_tmp.replace(args.out / "ctc_head.safetensors")
     (args.out / "ctc_pretraining.json").write_text(json.dumps(record, indent=2))
 
 

@@ -15,7 +15,8 @@ OMP_NUM_THREADS=1 python -m speech.builtin_recipe.lm --out $W/lm --steps 330 --w
 python -m speech.builtin_recipe.data --out $D --jobs 1
 python -m speech.finetune.assemble --lm $W/lm --out $W/stage1 --hidden 256 --blocks 4 \
     --manifest $D/tts_flite/train.jsonl --manifest $D/tts_festival/train.jsonl --manifest $D/asterisk_en/train.jsonl
-# stage 2: the encoder learns to hear (character CTC, LM not involved); ~65 min on 2 cores
+# stage 2: the encoder learns to hear (character CTC, LM not involved); ~65 min on 2 cores. The CTC
+# head is kept (stage2/ctc_head.safetensors) and shipped for joint CTC/attention decoding.
 python -m speech.builtin_recipe.ctc --model $W/stage1 --out $W/stage2 --manifest $D/tts_espeak/train.jsonl \
     --manifest $D/tts_flite/train.jsonl --manifest $D/tts_festival/train.jsonl \
     --manifest $D/asterisk_en/train.jsonl --manifest $D/asterisk_en/train.jsonl \
@@ -29,7 +30,11 @@ python -m speech.builtin_recipe.mix --out $D/stage3/dev.jsonl $D/tts_espeak/dev.
     $D/asterisk_en/dev.jsonl $D/asterisk_es/dev.jsonl:12
 speechlora finetune speech/builtin_recipe/stage3.yaml
 speechlora finetune speech/builtin_recipe/stage3b.yaml   # a second pass at half the lr; ~15 min
-python -m speech.builtin_recipe.ship --from $W/stage3b/model --to speech/builtin/model
+python -m speech.builtin_recipe.ship --from $W/stage3b/model --to speech/builtin/model \
+    --ctc-head $W/stage2/ctc_head.safetensors
+# the head's decoding weight, chosen on dev clips (~10 min)
+python -m speech.builtin_recipe.tune_ctc --model speech/builtin/model --manifest $D/tts_espeak/dev.jsonl \
+    --manifest $D/asterisk_en/dev.jsonl --clips 160 --write
 bash speech/builtin_recipe/evaluate.sh
 speechlora finetune speech/builtin_recipe/spanish.yaml
 rm -rf speech/builtin/adapters/spanish && cp -r $W/spanish/adapter speech/builtin/adapters/spanish

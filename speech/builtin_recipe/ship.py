@@ -3,7 +3,12 @@
 fp16 halves the size (the package keeps the model under 60 MB); `SpeechModel.load` casts back to
 fp32 on CPU. The config gets `speechlora_builtin: true`, so `speechlora info` says what it is.
 
-    python -m speech.builtin_recipe.ship --from work/builtin/stage3/model --to speech/builtin/model
+    python -m speech.builtin_recipe.ship --from work/builtin/stage3/model --to speech/builtin/model \
+        --ctc-head work/builtin/stage2/ctc_head.safetensors --lexicon-from work/builtin/text/lm.txt
+
+`--ctc-head` adds stage 2's character CTC head (kept in fp32: it is 90 kB) for CTC rescoring
+(speech/ctc.py), and `--lexicon-from` the word list it respells with (lexicon.txt: the words of
+the LM's training text, ~36k); `tune_ctc` then stores the rescoring weight in the head.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ import json
 import shutil
 from pathlib import Path
 
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from speech.ctc import HEAD_FILE, LEXICON_FILE, build_lexicon
 
 _COPY = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
          "generation_config.json")
@@ -24,7 +32,7 @@ def _half(src: Path, dst: Path) -> None:
     save_file(tensors, str(dst), metadata={"format": "pt"})
 
 
-def ship(source: Path, target: Path) -> None:
+def ship(source: Path, target: Path, ctc_head: Path | None = None, lexicon_from: Path | None = None) -> None:
     if target.exists():
         shutil.rmtree(target)
     (target / "speech-lora").mkdir(parents=True)
@@ -38,6 +46,16 @@ def ship(source: Path, target: Path) -> None:
     _half(source / "model.safetensors", target / "model.safetensors")
     _half(source / "speech-lora" / "adapter_model.safetensors", target / "speech-lora" / "adapter_model.safetensors")
     shutil.copy2(source / "speech-lora" / "adapter_config.json", target / "speech-lora" / "adapter_config.json")
+    if ctc_head is not None:
+        shutil.copy2(ctc_head, target / HEAD_FILE)
+    if lexicon_from is not None:
+        if ctc_head is None:
+            raise SystemExit("error: --lexicon-from needs --ctc-head (the lexicon is spelled in its alphabet)")
+        with safe_open(str(ctc_head), framework="pt") as f:
+            chars = f.metadata()["chars"]
+        with open(lexicon_from, encoding="utf-8") as text:
+            words = build_lexicon(text, chars)
+        (target / LEXICON_FILE).write_text("\n".join(words) + "\n", encoding="utf-8")
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     print(f"{target}: {size / 1e6:.1f} MB")
 
@@ -46,8 +64,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", required=True, type=Path)
     parser.add_argument("--to", dest="target", required=True, type=Path)
+    parser.add_argument("--ctc-head", type=Path, default=None, help="a ctc_head.safetensors to ship with the model")
+    parser.add_argument("--lexicon-from", type=Path, default=None, help="text whose words make lexicon.txt")
     args = parser.parse_args()
-    ship(args.source, args.target)
+    ship(args.source, args.target, args.ctc_head, args.lexicon_from)
 
 
 if __name__ == "__main__":
