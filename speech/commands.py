@@ -12,8 +12,9 @@ from speech.prompts import LANGUAGES, TASKS, Task
 MODEL_HELP = "local Phi-4-multimodal-instruct folder (remote-code or native layout); default: the built-in model"
 
 
-CTC_HELP = ("weight of the model's CTC head in joint decoding of English transcription, 0..1 "
-            "(0 = off; default: the tuned weight stored with the head; only the built-in model has one)")
+CTC_HELP = ("weight of the model's CTC head (with its word n-gram) against the LM when decoding English "
+            "transcription, 0..1 (0 = off, the LM alone; 1 = CTC + n-gram alone, fastest; default: the tuned "
+            "weight stored with the head; only the built-in model has one)")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -19,6 +19,11 @@ transcript's unknown words are also tried replaced by their nearest known spelli
 distance, rapidfuzz), each scored the same way; a replacement is kept only if it wins, so a
 word that is really new stays as heard.
 
+The search itself can fuse in a word n-gram (``ngram.arpa.gz``, speech/ngram.py, class
+WordFusion): beams are ranked by ``log P_ctc + alpha * ln P_ngram(words) + beta * words`` as
+they grow, so the n-best list already spells known words in likely orders, and the rescoring
+keeps those terms (``w * (CTC + n-gram) + (1 - w) * LM``; at w = 1 the LM pass is skipped).
+
 This is an option of the model folder, not of the architecture: the real Phi-4-multimodal
 checkpoint has no CTC head and decodes exactly as before. The built-in model ships one
 (``ctc_head.safetensors``, trained with the encoder in stage 2 of its recipe); it applies only
@@ -38,8 +43,11 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
+from speech.ngram import BOS, EOS, WordNgram
+
 HEAD_FILE = "ctc_head.safetensors"
 LEXICON_FILE = "lexicon.txt"
+NGRAM_FILE = "ngram.arpa.gz"
 
 
 class CTCHead(nn.Module):
@@ -57,17 +65,26 @@ class CTCHead(nn.Module):
         return torch.log_softmax(logits.float(), dim=-1), lengths * self.upsample
 
 
-def load_ctc_head(root: Path, hidden_size: int, device: torch.device) -> tuple[CTCHead, float, int] | None:
-    """The head in `root`/ctc_head.safetensors, its tuned weight and beam, or None if absent."""
+def load_ctc_head(root: Path, hidden_size: int, device: torch.device) -> tuple[CTCHead, dict[str, str]] | None:
+    """The head in `root`/ctc_head.safetensors and its metadata (tuned decoding settings), or None."""
     path = root / HEAD_FILE
     if not path.exists():
         return None
     with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+        meta = dict(f.metadata() or {})
         weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
     head = CTCHead(hidden_size, meta["chars"], int(meta["upsample"]))
     head.proj.load_state_dict({"weight": weight.float(), "bias": bias.float()})
-    return head.to(device).eval(), float(meta.get("decode_weight", 0.5)), int(meta.get("beam", 8))
+    return head.to(device).eval(), meta
+
+
+def load_fusion(root: Path, chars: str, meta: dict[str, str]) -> WordFusion | None:
+    """The folder's word n-gram (ngram.arpa.gz) with the head's tuned weights, or None if absent."""
+    path = root / NGRAM_FILE
+    if not path.exists():
+        return None
+    return WordFusion(WordNgram.load(path), chars, float(meta.get("ngram_weight", 0.5)),
+                      float(meta.get("word_bonus", 1.0)))
 
 
 def _normalize(text: str, chars: str) -> str:
@@ -75,6 +92,11 @@ def _normalize(text: str, chars: str) -> str:
     text = unicodedata.normalize("NFKD", text.lower())
     text = "".join(c for c in text if not unicodedata.combining(c))
     return "".join(c if c in chars else " " for c in text)
+
+
+def heard_words(text: str, chars: str) -> list[str]:
+    """A text's words as the head spells them (the word n-gram's vocabulary)."""
+    return _normalize(text, chars).split()
 
 
 def char_ids(text: str, chars: str) -> list[int]:
@@ -90,17 +112,74 @@ def _logaddexp(a: float, b: float) -> float:
     return max(a, b) + math.log1p(math.exp(-abs(a - b)))
 
 
+def _grow(beams: dict, prefix: tuple[int, ...], p_blank: float = -math.inf, p_char: float = -math.inf) -> None:
+    old = beams.setdefault(prefix, [-math.inf, -math.inf])
+    old[0], old[1] = _logaddexp(old[0], p_blank), _logaddexp(old[1], p_char)
+
+
+class WordFusion:
+    """Shallow fusion of a word n-gram into the prefix search (speech.ngram).
+
+    A prefix scores ``log P_ctc + alpha * ln P_ngram(its words) + beta * len(words)``; a word is
+    scored when the space after it (or the end) arrives, and a partial word that is no known
+    word's prefix pays ``alpha * ln P(<unk>)`` at once, so misspelled beams fall out early
+    instead of crowding the beam until their word ends.
+    """
+
+    def __init__(self, ngram: WordNgram, chars: str, alpha: float, beta: float) -> None:
+        self.ngram, self.chars, self.alpha, self.beta = ngram, chars, alpha, beta
+        self.space = chars.index(" ")
+        self.prefixes = ngram.prefixes()
+        self.oov = alpha * ngram.unk
+
+    def start(self) -> tuple[float, tuple[str, ...], int]:
+        """The empty prefix's state: (score of finished words, n-gram context, where the open word starts)."""
+        return 0.0, (BOS,), 0
+
+    def extend(self, state: tuple, prefix: tuple[int, ...], c: int) -> tuple:
+        """The state of `prefix` + (c,), given `prefix`'s."""
+        if c != self.space:
+            return state
+        return self._close(state, prefix) + (len(prefix) + 1,)
+
+    def rank(self, state: tuple, prefix: tuple[int, ...]) -> float:
+        """The fusion score of a prefix so far (finished words, and the open word's OOV penalty)."""
+        word = "".join(self.chars[i] for i in prefix[state[2]:])
+        return state[0] + (self.oov if word and word not in self.prefixes else 0.0)
+
+    def finish(self, state: tuple, prefix: tuple[int, ...]) -> float:
+        """The fusion score of a finished transcript: its last word and the sentence end."""
+        score, context = self._close(state, prefix)
+        return score + self.alpha * self.ngram.score(context, EOS)
+
+    def _close(self, state: tuple, prefix: tuple[int, ...]) -> tuple[float, tuple[str, ...]]:
+        score, context, begin = state
+        word = "".join(self.chars[i] for i in prefix[begin:])
+        if not word:
+            return score, context
+        return (score + self.alpha * self.ngram.score(context, word) + self.beta,
+                self.ngram.next_context(context, word))
+
+    def text_score(self, text: str) -> float:
+        """alpha * ln P_ngram(text) + beta * words, for a whole transcript (rescoring)."""
+        words = heard_words(text, self.chars)
+        return self.alpha * self.ngram.sentence(words) + self.beta * len(words)
+
+
 def prefix_beam_search(log_probs: torch.Tensor, length: int, chars: str, beam: int = 8,
-                       prune: float = -7.0) -> list[tuple[str, float]]:
-    """The `beam` likeliest transcripts of one utterance under CTC, best first, with log-probs.
+                       prune: float = -7.0, fusion: WordFusion | None = None) -> list[tuple[str, float]]:
+    """The `beam` best transcripts of one utterance under CTC (and `fusion`), best first, with scores.
 
     The textbook prefix search (blank/non-blank probabilities per prefix), with characters below
-    `prune` (log-prob) in a slot not tried there; no leading or double spaces. It runs in
-    Python, which is fast enough here: most slots are nearly certain blanks (a few ms per clip).
+    `prune` (log-prob) in a slot not tried there; no leading or double spaces. With `fusion`,
+    beams are ranked and returned by CTC + word n-gram score (WordFusion). It runs in Python,
+    which is fast enough here: most slots are nearly certain blanks (a few ms per clip).
     """
     lp = log_probs[:length].double().cpu().numpy()
     blank, space = len(chars), chars.index(" ")
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}  # prefix: (P blank-end, P char-end)
+    states = {(): fusion.start()} if fusion else {}
+    ranks = {(): 0.0}
     for row in lp:
         tried = np.nonzero(row[:blank] > prune)[0].tolist()
         if not tried:  # a near-certain blank or a held character: no prefix grows here
@@ -109,29 +188,32 @@ def prefix_beam_search(log_probs: torch.Tensor, length: int, chars: str, beam: i
                      for prefix, (p_blank, p_char) in beams.items()}
             continue
         grown: dict[tuple[int, ...], list[float]] = {}
-
-        def add(prefix, p_blank=-math.inf, p_char=-math.inf):
-            old = grown.setdefault(prefix, [-math.inf, -math.inf])
-            old[0], old[1] = _logaddexp(old[0], p_blank), _logaddexp(old[1], p_char)
-
         for prefix, (p_blank, p_char) in beams.items():
             total = _logaddexp(p_blank, p_char)
-            add(prefix, p_blank=total + row[blank])
+            _grow(grown, prefix, p_blank=total + row[blank])
             if prefix:
-                add(prefix, p_char=p_char + row[prefix[-1]])  # the last character held
+                _grow(grown, prefix, p_char=p_char + row[prefix[-1]])  # the last character held
             for c in tried:
                 if c == space and (not prefix or prefix[-1] == space):
                     continue
+                longer = prefix + (c,)
+                if fusion and longer not in states:
+                    states[longer] = fusion.extend(states[prefix], prefix, c)
+                    ranks[longer] = fusion.rank(states[longer], longer)
                 if prefix and c == prefix[-1]:
-                    add(prefix + (c,), p_char=p_blank + row[c])  # a repeat needs a blank between
+                    _grow(grown, longer, p_char=p_blank + row[c])  # a repeat needs a blank between
                 else:
-                    add(prefix + (c,), p_char=total + row[c])
+                    _grow(grown, longer, p_char=total + row[c])
         beams = dict(sorted(((k, (v[0], v[1])) for k, v in grown.items()),
-                            key=lambda kv: -_logaddexp(*kv[1]))[:beam])
+                            key=lambda kv: -_logaddexp(*kv[1]) - ranks.get(kv[0], 0.0))[:beam])
+        if fusion:
+            states = {k: states[k] for k in beams}
+            ranks = {k: ranks[k] for k in beams}
     merged: dict[str, float] = {}
     for prefix, probs in beams.items():
         text = "".join(chars[c] for c in prefix).strip()
-        merged[text] = _logaddexp(merged.get(text, -math.inf), _logaddexp(*probs))
+        score = _logaddexp(*probs) + (fusion.finish(states[prefix], prefix) if fusion else 0.0)
+        merged[text] = _logaddexp(merged.get(text, -math.inf), score)
     return sorted(merged.items(), key=lambda kv: -kv[1])
 
 
@@ -164,7 +246,7 @@ class Lexicon:
         self._nearest: dict[tuple[str, int], list[str]] = {}
 
     @classmethod
-    def load(cls, root: Path, chars: str) -> "Lexicon | None":
+    def load(cls, root: Path, chars: str) -> Lexicon | None:
         path = root / LEXICON_FILE
         if not path.exists():
             return None

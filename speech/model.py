@@ -33,7 +33,16 @@ from speech.checkpoint import (
     read_adapter_weights,
     read_spec,
 )
-from speech.ctc import CTCHead, Lexicon, char_ids, load_ctc_head, prefix_beam_search, sequence_log_probs
+from speech.ctc import (
+    CTCHead,
+    Lexicon,
+    char_ids,
+    WordFusion,
+    load_ctc_head,
+    load_fusion,
+    prefix_beam_search,
+    sequence_log_probs,
+)
 from speech.decoding import greedy_decode
 from speech.errors import CheckpointError, UserError
 from speech.prompts import AUDIO_MARKER, LANGUAGES, TASKS, Task, build_prompt
@@ -159,6 +168,7 @@ class SpeechModel(nn.Module):
         self.ctc_weight = 0.0
         self.ctc_beam = 8
         self.lexicon: Lexicon | None = None
+        self.fusion: WordFusion | None = None  # a word n-gram in the search, when the folder has one
         # Measured on dev clips (docs/builtin-model.md, "CTC rescoring"): a second respelling
         # pass, 16 rescored spellings, the LM's own transcript as a candidate, more than 2
         # respellings per word or characters down to log-prob -7 gain <= 0.2 points of WER
@@ -174,7 +184,7 @@ class SpeechModel(nn.Module):
     @classmethod
     def load(cls, path: str | Path | None = None, adapter: str | Path | None = None, device: str | None = None,
              dtype: torch.dtype | None = None, merge_lora: bool = True,
-             ctc_weight: float | None = None) -> "SpeechModel":
+             ctc_weight: float | None = None) -> SpeechModel:
         """Load a local checkpoint folder (either layout), or the built-in model when `path` is None.
 
         `adapter`: a PEFT folder of a fine-tuned speech adapter; it replaces the checkpoint's speech
@@ -218,9 +228,12 @@ class SpeechModel(nn.Module):
         model.adapter = Path(adapter) if adapter is not None else None
         head = load_ctc_head(root, spec.audio_config.hidden_size, dev)
         if head is not None:
-            model.ctc_head, model.ctc_beam = head[0], head[2]
+            model.ctc_head, meta = head
+            model.ctc_beam = int(meta.get("beam", 8))
             model.lexicon = Lexicon.load(root, model.ctc_head.chars)
-            model.ctc_weight = ctc_weight if ctc_weight is not None else (0.0 if adapter else head[1])
+            model.fusion = load_fusion(root, model.ctc_head.chars, meta)
+            model.ctc_weight = ctc_weight if ctc_weight is not None else (
+                0.0 if adapter else float(meta.get("decode_weight", 0.5)))
             if not 0.0 <= model.ctc_weight <= 1.0:
                 raise UserError(f"ctc_weight must be in [0, 1], not {model.ctc_weight}")
         model.eval()
@@ -268,7 +281,18 @@ class SpeechModel(nn.Module):
             "tasks": list(TASKS),
             "max_clip_seconds": MAX_CLIP_SECONDS,
             "parameters": parameter_counts(self.spec),
+            "decoding": self._decoding(),
         }
+
+    def _decoding(self) -> dict:
+        if self.ctc_head is None or self.ctc_weight == 0:
+            return {"method": "greedy"}
+        out = {"method": "ctc-rescoring", "ctc_weight": self.ctc_weight, "beam": self.ctc_beam,
+               "lexicon": len(self.lexicon.surface) if self.lexicon else None, "ngram": None}
+        if self.fusion is not None:
+            out["ngram"] = {"order": self.fusion.ngram.order, "words": len(self.fusion.ngram.vocabulary),
+                            "weight": self.fusion.alpha, "word_bonus": self.fusion.beta}
+        return out
 
     # ---- inputs --------------------------------------------------------------------------
     def features(self, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,7 +301,7 @@ class SpeechModel(nn.Module):
 
     def prompt_ids(self, task: Task, n_audio_tokens: int) -> list[int]:
         prefix, suffix = build_prompt(task).split(AUDIO_MARKER)
-        encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)
         return encode(prefix) + [self.audio_token_id] * n_audio_tokens + encode(suffix)
 
     def embed(self, input_ids: torch.Tensor, audio_features: torch.Tensor,
@@ -364,7 +388,7 @@ class SpeechModel(nn.Module):
         proposals = {}
         for row in rows:
             nbest = prefix_beam_search(log_probs[row], int(slots[row]), head.chars, beam=self.ctc_beam,
-                                       prune=self.ctc_prune)
+                                       prune=self.ctc_prune, fusion=self.fusion)
             write = self.lexicon.write if self.lexicon else (lambda t: t[:1].upper() + t[1:])
             lm_text = [texts[row]] if self.ctc_lm_candidate else []
             proposals[row] = lm_text + [write(t) for t, _ in nbest[: self.ctc_rescore_top]] + [""]
@@ -405,8 +429,9 @@ class SpeechModel(nn.Module):
 
     def _score(self, proposals: dict[int, list[str]], log_probs, slots, prefill: tuple,
                dedupe: bool = True) -> dict[int, list[tuple[float, str]]]:
-        """Each row's candidate transcripts with w * log P_ctc + (1 - w) * log P_lm, in the given order
-        (with `dedupe`, only the first of candidates spelled alike: the LM's, which has casing)."""
+        """Each row's candidate transcripts with w * (log P_ctc + fusion) + (1 - w) * log P_lm, in the
+        given order (with `dedupe`, only the first of candidates spelled alike: the LM's, which has
+        casing). At w = 1 the LM pass is skipped."""
         chars, owners, candidates, ctc = self.ctc_head.chars, [], [], []
         for row, texts in proposals.items():
             seen, mine = set(), []
@@ -419,9 +444,11 @@ class SpeechModel(nn.Module):
             owners += [row] * len(mine)
             candidates += mine
             ctc += sequence_log_probs(log_probs[row], int(slots[row]), mine, chars)
-        lm = self._answer_log_probs(prefill, owners, candidates)
+        lm = self._answer_log_probs(prefill, owners, candidates) if self.ctc_weight < 1 else [0.0] * len(candidates)
         out: dict[int, list[tuple[float, str]]] = {row: [] for row in proposals}
         for row, text, c, a in zip(owners, candidates, ctc, lm):
+            if self.fusion is not None:  # the search's own score: CTC + word n-gram
+                c += self.fusion.text_score(text)
             out[row].append((self.ctc_weight * c + (1 - self.ctc_weight) * a, text))
         return out
 

@@ -8,8 +8,8 @@ import time
 
 import jiwer
 import pytest
-
 from conftest import espeak
+
 from speech.model import SpeechModel, builtin_path
 
 pytestmark = pytest.mark.skipif(not (builtin_path() / "config.json").exists(),

@@ -11,7 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from speech.ctc import Lexicon, build_lexicon, char_ids, prefix_beam_search, sequence_log_probs
+from speech.ctc import (
+    Lexicon,
+    build_lexicon,
+    char_ids,
+    prefix_beam_search,
+    sequence_log_probs,
+)
 
 CHARS = " ab"
 BLANK = len(CHARS)

@@ -288,3 +288,29 @@ def test_bad_configs_are_refused_with_one_line(reference, tiny_native, corpus, t
     assert main(["finetune", str(reference.parent / "cfg.yaml"), "--resume", "--set", "optim.lr=1e-4"]) == 2
     err = capsys.readouterr().err
     assert "different config" in err and "optim.lr: 0.003 -> 0.0001" in err
+
+
+def test_graft_swaps_only_the_encoder(tmp_path):
+    """speech.builtin_recipe.graft: the base model keeps its LM, projector and LoRA; the encoder
+    is the donor's, and the result loads. Mismatched encoders are refused, not half-copied."""
+    from speech.builtin_recipe.graft import graft
+    from speech.model import SpeechModel
+    from speech.tiny import TinyDims, write_tiny_checkpoint
+
+    base = write_tiny_checkpoint(tmp_path / "base", seed=0)
+    donor = write_tiny_checkpoint(tmp_path / "donor", seed=1)
+    out = tmp_path / "grafted"
+    assert graft(base, donor, out) > 0
+    grafted, b, d = SpeechModel.load(out), SpeechModel.load(base), SpeechModel.load(donor)
+    for (name, p), q, r in zip(grafted.encoder.state_dict().items(), d.encoder.state_dict().values(),
+                               b.encoder.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert not all(torch.equal(q, r) for q, r in zip(d.encoder.state_dict().values(), b.encoder.state_dict().values()))
+    for p, q in zip(grafted.lm.state_dict().values(), b.lm.state_dict().values()):
+        assert torch.equal(p, q)
+    for p, q in zip(grafted.projector.state_dict().values(), b.projector.state_dict().values()):
+        assert torch.equal(p, q)
+    other = write_tiny_checkpoint(tmp_path / "other", seed=0, dims=TinyDims(enc_intermediate=48))
+    with pytest.raises(SystemExit, match="error"):
+        graft(base, other, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -92,6 +92,12 @@ def main() -> None:
     parser.add_argument("--targets", choices=("chars", "bpe"), default="chars")
     parser.add_argument("--upsample", type=int, default=3, help="CTC slots per encoder frame")
     parser.add_argument("--save-every", type=float, default=10.0, help="minutes between saves of --out")
+    parser.add_argument("--init-head", type=Path, default=None,
+                        help="start from this ctc_head.safetensors (continuing a run) instead of a fresh head")
+    parser.add_argument("--speed-perturb", type=float, default=0.0, metavar="F",
+                        help="resample each clip by a random factor in [1-F, 1+F] (tempo and pitch: new voices)")
+    parser.add_argument("--specaugment", action="store_true",
+                        help="mask 2 random mel bands (<= 15) and 2 time spans (<= 5%% each) per clip")
     parser.add_argument("--freeze-encoder", action="store_true",
                         help="train only the CTC head on --model's encoder (e.g. lr 3e-3, a few hundred steps)")
     args = parser.parse_args()
@@ -105,10 +111,12 @@ def main() -> None:
     encoder.load_state_dict({k[len(ENCODER):]: v.float() for k, v in state.items() if k.startswith(ENCODER)})
     if args.targets == "bpe":
         blank, upsample = len(tokenizer), 1  # one past the vocabulary
-        encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
     else:
         blank, upsample, encode = len(CHARS), args.upsample, char_ids
     head = nn.Linear(spec.audio_config.hidden_size, upsample * (blank + 1))
+    if args.init_head is not None:
+        head.load_state_dict({k: v.float() for k, v in load_file(str(args.init_head)).items()})
     if args.freeze_encoder:
         encoder.requires_grad_(False)
     params = [p for p in list(encoder.parameters()) + list(head.parameters()) if p.requires_grad]
@@ -122,13 +130,16 @@ def main() -> None:
              sum(e.duration for e in examples) / 3600, sum(p.numel() for p in encoder.parameters()))
 
     copy_model_files(args)
+    rng = random.Random(args.seed + 1)
     encoder.train(not args.freeze_encoder)
     start, ema, history = time.time(), None, []
     last_save = start
     for step, batch in enumerate(batches(examples, args.batch_size, args.seed), 1):
-        audios = [load_audio(e.audio) for e in batch]
+        audios = [perturb(load_audio(e.audio), args.speed_perturb, rng) for e in batch]
         labels = [encode(e.answer) for e in batch]
         features, lengths = featurizer(audios)
+        if args.specaugment:
+            features = spec_augment(features, lengths, rng)
         with torch.set_grad_enabled(not args.freeze_encoder):
             states, out_lengths = encoder(features, lengths)
         logits = head(states)  # [B, T, U * (V + 1)] -> [B, U * T, V + 1]
@@ -159,12 +170,39 @@ def main() -> None:
             save(args, state, encoder, head, {"manifests": args.manifest, "clips": len(examples), "steps": step,
                                         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                                         "targets": args.targets, "upsample": upsample,
-                                        "freeze_encoder": args.freeze_encoder,
+                                        "freeze_encoder": args.freeze_encoder, "init_head": str(args.init_head),
+                                        "speed_perturb": args.speed_perturb, "specaugment": args.specaugment,
                                         "final_loss_ema": ema, "history": history})
             last_save = time.time()
         if done:
             break
     log.info("wrote %s after %d steps (CTC loss %.3f)", args.out, step, ema)
+
+
+def perturb(audio, factor: float, rng: random.Random):
+    """Resample by a random factor (soxr): tempo and pitch move together, a cheap new voice."""
+    if factor <= 0:
+        return audio
+    import soxr
+
+    rate = 1.0 + rng.uniform(-factor, factor)
+    return soxr.resample(audio, 16_000, round(16_000 / rate)).astype(audio.dtype)
+
+
+def spec_augment(features: torch.Tensor, lengths: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """SpecAugment (Park et al. 2019), mild: 2 mel bands of <= 15 and 2 time spans of <= 5 % set
+    to the clip's mean (log-mel values are not centred on 0)."""
+    features = features.clone()
+    for i, n in enumerate(lengths.tolist()):
+        fill = float(features[i, :n].mean())
+        for _ in range(2):
+            width = rng.randint(0, 15)
+            start = rng.randint(0, features.shape[-1] - width)
+            features[i, :, start:start + width] = fill
+            span = rng.randint(0, max(1, n // 20))
+            begin = rng.randint(0, max(0, n - span))
+            features[i, begin:begin + span] = fill
+    return features
 
 
 def copy_model_files(args) -> None:

@@ -2,7 +2,7 @@
 # The built-in model end to end: text -> tokenizer + LM (stage 1) -> speech corpora -> stage 2
 # (encoder, character CTC) -> stage 3 (projector + fresh speech LoRA on task prompts, encoder and
 # LM frozen) -> speech/builtin/model (fp16) -> eval (with pocketsphinx beside it) -> Spanish
-# adapter. About 3.5 hours on 2 CPU cores.
+# adapter. About 4.5 hours on 2 CPU cores.
 #   bash speech/builtin_recipe/run.sh            (from the repository root, after setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,12 +30,38 @@ python -m speech.builtin_recipe.mix --out $D/stage3/dev.jsonl $D/tts_espeak/dev.
     $D/asterisk_en/dev.jsonl $D/asterisk_es/dev.jsonl:12
 speechlora finetune speech/builtin_recipe/stage3.yaml
 speechlora finetune speech/builtin_recipe/stage3b.yaml   # a second pass at half the lr; ~15 min
-python -m speech.builtin_recipe.ship --from $W/stage3b/model --to speech/builtin/model \
-    --ctc-head $W/stage2/ctc_head.safetensors
-# the head's decoding weight, chosen on dev clips (~10 min)
+# stage 2b: the encoder (and its CTC head) keeps training, with 52 more espeak-ng voices (none of
+# the held-out ones), speed perturbation and SpecAugment; ~50 min. Then stage 3 refits to it.
+shuf -n 9000 --random-source=<(yes) $W/text/tts_train.txt > $W/text/tts_train_9k.txt
+speechlora data tts $W/text/tts_train_9k.txt --out $D/tts_espeak_more --voices-file \
+    speech/builtin_recipe/voices_more.txt --voices-per-sentence 1 --dev 0.01 --test 0.01 --splits train --seed 11
+python -m speech.builtin_recipe.ctc --model $W/stage2 --out $W/stage2c --init-head $W/stage2/ctc_head.safetensors \
+    --manifest $D/tts_espeak/train.jsonl --manifest $D/tts_flite/train.jsonl --manifest $D/tts_festival/train.jsonl \
+    --manifest $D/asterisk_en/train.jsonl --manifest $D/asterisk_en/train.jsonl \
+    --manifest $D/asterisk_en/train.jsonl --manifest $D/asterisk_en/train.jsonl \
+    --manifest $D/tts_espeak_more/train.jsonl --manifest $D/tts_espeak_more/train.jsonl \
+    --lr 3e-4 --warmup 50 --steps 1400 --max-minutes 52 --speed-perturb 0.1 --specaugment --seed 6
+python -m speech.builtin_recipe.graft --model $W/stage3b/model --encoder-from $W/stage2c --out $W/stage3b_graft
+speechlora finetune speech/builtin_recipe/stage3r.yaml   # ~10 min
+python -m speech.builtin_recipe.ship --from $W/stage3r/model --to speech/builtin/model \
+    --ctc-head $W/stage2c/ctc_head.safetensors --lexicon-from $W/text/lm.txt --ngram-from $W/text/lm.txt
+# the decoding weights (CTC/LM, word n-gram, word bonus) and beam, chosen on dev clips (training
+# voices and 6 unseen voices; ~15 min)
+head -90 $W/text/tts_dev.txt > $W/text/tts_dev_90.txt
+speechlora data tts $W/text/tts_dev_90.txt --out $D/dev_unseen --voice espeak-ng:en-us+Andy \
+    --voice espeak-ng:en-us+Annie --voice espeak-ng:en-us+klatt3 --voice espeak-ng:en-us+grandpa \
+    --voice espeak-ng:en-us+Alicia --voice flite:kal --voices-per-sentence 1 --dev 0.99 --test 0 --splits dev --seed 7
 python -m speech.builtin_recipe.tune_ctc --model speech/builtin/model --manifest $D/tts_espeak/dev.jsonl \
-    --manifest $D/asterisk_en/dev.jsonl --clips 160 --write
+    --manifest $D/asterisk_en/dev.jsonl --manifest $D/dev_unseen/dev.jsonl --clips 60 --weights 0.5 0.7 1.0 \
+    --ngram-weights 0.5 0.8 --word-bonuses 1 2 --beams 16 --write
 bash speech/builtin_recipe/evaluate.sh
+# the Spanish adapter: espeak-ng es/es-419 voices speaking the Asterisk Spanish train prompts
+python -c "import json; seen = dict.fromkeys(json.loads(l)['text'] for l in open('$D/asterisk_es/train.jsonl')); \
+open('$D/prompts_es_train.txt', 'w').write('\n'.join(seen) + '\n')"
+printf '%s\n' espeak-ng:es+m1 espeak-ng:es+m3 espeak-ng:es+f2 espeak-ng:es-419+m2 espeak-ng:es-419+f1 \
+    espeak-ng:es-419+f4 > $D/voices_es.txt
+speechlora data tts $D/prompts_es_train.txt --lang es --voices-file $D/voices_es.txt --voices-per-sentence 3 \
+    --dev 0 --test 0 --splits train --out $D/tts_es --speed 0.9,1.0,1.1 --noise-prob 0.3 --snr 10:30 --jobs 1 --seed 0
 speechlora finetune speech/builtin_recipe/spanish.yaml
 rm -rf speech/builtin/adapters/spanish && cp -r $W/spanish/adapter speech/builtin/adapters/spanish
 bash speech/builtin_recipe/evaluate.sh --spanish

@@ -8,7 +8,9 @@ fp32 on CPU. The config gets `speechlora_builtin: true`, so `speechlora info` sa
 
 `--ctc-head` adds stage 2's character CTC head (kept in fp32: it is 90 kB) for CTC rescoring
 (speech/ctc.py), and `--lexicon-from` the word list it respells with (lexicon.txt: the words of
-the LM's training text, ~36k); `tune_ctc` then stores the rescoring weight in the head.
+the LM's training text, ~36k), and with `--ngram-from` a word trigram on the sentences of that
+text (ngram.arpa.gz, speech/ngram.py) that the CTC beam search fuses in; `tune_ctc` then stores
+the decoding weights in the head.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from speech.ctc import HEAD_FILE, LEXICON_FILE, build_lexicon
+from speech.ctc import HEAD_FILE, LEXICON_FILE, NGRAM_FILE, build_lexicon, heard_words
+from speech.ngram import build_arpa
 
 _COPY = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
          "generation_config.json")
@@ -32,7 +35,8 @@ def _half(src: Path, dst: Path) -> None:
     save_file(tensors, str(dst), metadata={"format": "pt"})
 
 
-def ship(source: Path, target: Path, ctc_head: Path | None = None, lexicon_from: Path | None = None) -> None:
+def ship(source: Path, target: Path, ctc_head: Path | None = None, lexicon_from: Path | None = None,
+         ngram_from: Path | None = None) -> None:
     if target.exists():
         shutil.rmtree(target)
     (target / "speech-lora").mkdir(parents=True)
@@ -51,13 +55,36 @@ def ship(source: Path, target: Path, ctc_head: Path | None = None, lexicon_from:
     if lexicon_from is not None:
         if ctc_head is None:
             raise SystemExit("error: --lexicon-from needs --ctc-head (the lexicon is spelled in its alphabet)")
-        with safe_open(str(ctc_head), framework="pt") as f:
-            chars = f.metadata()["chars"]
+        chars = chars_of(ctc_head)
         with open(lexicon_from, encoding="utf-8") as text:
             words = build_lexicon(text, chars)
         (target / LEXICON_FILE).write_text("\n".join(words) + "\n", encoding="utf-8")
+    if ngram_from is not None:
+        if ctc_head is None:
+            raise SystemExit("error: --ngram-from needs --ctc-head (the n-gram is spelled in its alphabet)")
+        info = write_ngram(ngram_from, target / NGRAM_FILE, chars_of(ctc_head))
+        print(f"{target / NGRAM_FILE}: {info}")
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     print(f"{target}: {size / 1e6:.1f} MB")
+
+
+def chars_of(ctc_head: Path) -> str:
+    with safe_open(str(ctc_head), framework="pt") as f:
+        return f.metadata()["chars"]
+
+
+def write_ngram(text_file: Path, path: Path, chars: str) -> dict:
+    """A word trigram (count >= 2 above unigrams) on the sentences of `text_file`, one document a line."""
+    from speech.builtin_recipe.text import sentences
+
+    def words():
+        with open(text_file, encoding="utf-8") as f:
+            for line in f:
+                for sentence in sentences(line.strip()):
+                    if found := heard_words(sentence, chars):
+                        yield found
+
+    return build_arpa(words(), path, order=3, min_count=2)
 
 
 def main() -> None:
@@ -66,8 +93,9 @@ def main() -> None:
     parser.add_argument("--to", dest="target", required=True, type=Path)
     parser.add_argument("--ctc-head", type=Path, default=None, help="a ctc_head.safetensors to ship with the model")
     parser.add_argument("--lexicon-from", type=Path, default=None, help="text whose words make lexicon.txt")
+    parser.add_argument("--ngram-from", type=Path, default=None, help="text (a document a line) for ngram.arpa.gz")
     args = parser.parse_args()
-    ship(args.source, args.target, args.ctc_head, args.lexicon_from)
+    ship(args.source, args.target, args.ctc_head, args.lexicon_from, args.ngram_from)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,21 @@
-"""Pick the CTC head's decoding weight on development clips and store it with the head.
+"""Pick the CTC head's decoding settings on development clips and store them with the head.
 
 CTC rescoring (speech/ctc.py) scores each candidate transcript as
-``w * log P_ctc + (1 - w) * log P_lm``. The best ``w`` (and beam) depends on how good the LM and
-the head each are, so it is measured, on dev clips only (never the test sets), and written into
-``ctc_head.safetensors``'s metadata, where `SpeechModel.load` reads it.
+``w * (log P_ctc + alpha * ln P_ngram + beta * words) + (1 - w) * log P_lm``, the n-gram terms
+only when the folder has a word n-gram (``ngram.arpa.gz``), which the beam search uses too.
+The best ``w``, ``alpha``, ``beta`` and beam depend on how good the LM, the n-gram and the head
+each are, so they are measured, on dev clips only (never the test sets), over the grid given,
+and written into ``ctc_head.safetensors``'s metadata, where `SpeechModel.load` reads them.
 
     python -m speech.builtin_recipe.tune_ctc --model speech/builtin/model \\
         --manifest work/builtin/data/tts_espeak/dev.jsonl --manifest work/builtin/data/asterisk_en/dev.jsonl \\
-        --clips 160 --weights 0 0.3 0.5 0.7 --beams 8 16 --write
+        --manifest work/builtin/data/dev_unseen/dev.jsonl --clips 100 --weights 0.5 0.7 --beams 16 --ngram-weights 0.3 0.6 --word-bonuses 0.5 1.5 --write
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import random
@@ -25,20 +28,24 @@ from safetensors.torch import save_file
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from encoder.audio import load_audio
-from speech.ctc import HEAD_FILE
+from speech.ctc import HEAD_FILE, WordFusion
 from speech.finetune.data import read_manifests
 from speech.model import SpeechModel
 
 log = logging.getLogger("speech.builtin_recipe.tune_ctc")
 
 
-def store_weight(model_dir: Path, weight: float, beam: int, record: dict) -> None:
-    """Rewrite the head file with `decode_weight` and `beam` (and how they were chosen) in its metadata."""
+def store_weight(model_dir: Path, weight: float, beam: int, record: dict, ngram_weight: float | None = None,
+                 word_bonus: float | None = None) -> None:
+    """Rewrite the head file with `decode_weight`, `beam` (and the n-gram's `ngram_weight` and
+    `word_bonus`) and how they were chosen in its metadata."""
     path = model_dir / HEAD_FILE
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     meta["decode_weight"], meta["beam"] = str(weight), str(beam)
+    if ngram_weight is not None:
+        meta["ngram_weight"], meta["word_bonus"] = str(ngram_weight), str(word_bonus)
     meta["decode_weight_tuning"] = json.dumps(record)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=meta)
@@ -49,9 +56,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path, help="native model folder with a ctc_head.safetensors")
     parser.add_argument("--manifest", action="append", required=True, help="dev manifests (transcription)")
-    parser.add_argument("--clips", type=int, default=160, help="random sample of this many dev clips (seed 0)")
+    parser.add_argument("--clips", type=int, default=100, help="random sample of up to this many clips per manifest (seed 0)")
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
     parser.add_argument("--beams", type=int, nargs="+", default=[8, 16], help="CTC beam widths to try")
+    parser.add_argument("--ngram-weights", type=float, nargs="+", default=[0.5],
+                        help="alpha: the word n-gram's weight (when the folder has ngram.arpa.gz)")
+    parser.add_argument("--word-bonuses", type=float, nargs="+", default=[1.0], help="beta: a bonus per word")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--write", action="store_true", help="store the best weight in the head's metadata")
     args = parser.parse_args()
@@ -59,34 +69,41 @@ def main() -> None:
 
     if not (args.model / HEAD_FILE).exists():
         raise SystemExit(f"error: {args.model} has no {HEAD_FILE}")
-    examples = [e for e in read_manifests(args.manifest).examples if e.task.kind == "transcribe"]
-    random.Random(0).shuffle(examples)
-    examples = sorted(examples[: args.clips], key=lambda e: e.duration)
+    examples = []
+    for manifest in args.manifest:  # a sample from each, so a small dev set still counts
+        found = [e for e in read_manifests([manifest]).examples if e.task.kind == "transcribe"]
+        random.Random(0).shuffle(found)
+        examples += found[: args.clips]
+    examples.sort(key=lambda e: e.duration)
     audios = [load_audio(e.audio) for e in examples]
     norm = EnglishTextNormalizer()
     refs = [norm(e.answer) for e in examples]
     model = SpeechModel.load(args.model)
-    results: dict[tuple[float, int], float] = {}
-    for beam in args.beams:
-        for weight in args.weights:
-            if weight == 0 and beam != args.beams[0]:
-                continue  # weight 0 is the LM alone: the beam does not matter
-            model.ctc_weight, model.ctc_beam = weight, beam
-            start, hyps = time.perf_counter(), []
-            for i in range(0, len(audios), args.batch_size):
-                hyps += model.generate(audios[i: i + args.batch_size])
-            keep = [(r, norm(h)) for r, h in zip(refs, hyps) if r.strip()]
-            error = jiwer.wer([r for r, _ in keep], [h for _, h in keep])
-            results[(weight, beam)] = round(100 * error, 2)
-            log.info("weight %.2f beam %d: dev WER %.2f %% (%d clips, %.1f s)", weight, beam, 100 * error,
-                     len(keep), time.perf_counter() - start)
-    weight, beam = min(results, key=results.get)
-    log.info("best: weight %.2f, beam %d (dev WER %.2f %%)", weight, beam, results[(weight, beam)])
+    fusions = [(a, b) for a in args.ngram_weights for b in args.word_bonuses] if model.fusion else [(None, None)]
+    results: dict[tuple, float] = {}
+    for beam, weight, (alpha, beta) in itertools.product(args.beams, args.weights, fusions):
+        if weight == 0 and (beam, alpha, beta) != (args.beams[0], *fusions[0]):
+            continue  # weight 0 is the LM alone: the beam and the n-gram do not matter
+        model.ctc_weight, model.ctc_beam = weight, beam
+        if model.fusion:
+            model.fusion = WordFusion(model.fusion.ngram, model.fusion.chars, alpha, beta)
+        start, hyps = time.perf_counter(), []
+        for i in range(0, len(audios), args.batch_size):
+            hyps += model.generate(audios[i: i + args.batch_size])
+        keep = [(r, norm(h)) for r, h in zip(refs, hyps) if r.strip()]
+        error = jiwer.wer([r for r, _ in keep], [h for _, h in keep])
+        results[(weight, beam, alpha, beta)] = round(100 * error, 2)
+        log.info("weight %.2f beam %d ngram %s bonus %s: dev WER %.2f %% (%d clips, %.1f s)", weight, beam, alpha,
+                 beta, 100 * error, len(keep), time.perf_counter() - start)
+    weight, beam, alpha, beta = min(results, key=results.get)
+    log.info("best: weight %.2f, beam %d, ngram weight %s, word bonus %s (dev WER %.2f %%)", weight, beam, alpha, beta,
+             results[(weight, beam, alpha, beta)])
     if args.write:
         record = {"manifests": args.manifest, "clips": len(examples),
-                  "dev_wer": {f"w={w} beam={b}": v for (w, b), v in results.items()}}
-        store_weight(args.model, weight, beam, record)
-        log.info("stored decode_weight=%.2f, beam=%d in %s", weight, beam, args.model / HEAD_FILE)
+                  "dev_wer": {f"w={w} beam={b}" + (f" alpha={a} beta={c}" if a is not None else ""): v
+                              for (w, b, a, c), v in results.items()}}
+        store_weight(args.model, weight, beam, record, alpha, beta)
+        log.info("stored the settings in %s", args.model / HEAD_FILE)
 
 
 if __name__ == "__main__":

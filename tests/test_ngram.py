@@ -1,0 +1,135 @@
+"""The word n-gram (speech/ngram.py) and its shallow fusion into the CTC search (speech/ctc.py).
+
+The n-gram is built from real text (Debian's fortunes when installed, else a fixed paragraph),
+written as ARPA, read back, and checked as a distribution: every context's probabilities over
+the vocabulary (+ </s>, <unk>) sum to one, pruned or not.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from speech.ctc import WordFusion, _normalize, prefix_beam_search, sequence_log_probs
+from speech.ngram import BOS, EOS, WordNgram, build_arpa
+
+CHARS = " 'abcdefghijklmnopqrstuvwxyz"
+FALLBACK = """The cat sat on the mat. The dog sat on the log. A cat and a dog met on the mat.
+The dog ran to the cat. The cat ran to the dog. The cat sat. The dog sat. A bird sang on the log."""
+
+
+def _sentences() -> list[list[str]]:
+    folder = Path("/usr/share/games/fortunes")
+    text = ""
+    if folder.is_dir():
+        for name in ("fortunes", "wisdom", "people"):
+            if (folder / name).is_file():
+                text += (folder / name).read_text(encoding="latin-1").replace("%", ".")
+    text = text or FALLBACK
+    out = []
+    for chunk in text.replace("!", ".").replace("?", ".").split("."):
+        words = _normalize(chunk, CHARS).split()
+        if words:
+            out.append(words)
+    return out[:3000]
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[list[str]]:
+    return _sentences()
+
+
+@pytest.mark.parametrize("min_count", [1, 2])
+def test_every_context_is_a_distribution(corpus, tmp_path, min_count):
+    path = tmp_path / "lm.arpa.gz"
+    info = build_arpa(corpus, path, order=3, min_count=min_count)
+    lm = WordNgram.load(path)
+    assert lm.order == 3 and info["ngrams"][0] == len(lm.vocabulary) + 3  # + <s>, </s>, <unk>
+    outcomes = [*lm.vocabulary, EOS]
+    common = corpus[0][:2]
+    for context in [(BOS,), tuple(common[:1]), tuple(common), ("the",), ("zzzz", "qqqq"), ()]:
+        total = sum(math.exp(lm.score(context, w)) for w in outcomes) + math.exp(lm.unk)
+        assert total == pytest.approx(1.0, abs=1e-4), context
+
+
+def test_pruning_shrinks_the_file_and_keeps_the_order(corpus, tmp_path):
+    full = build_arpa(corpus, tmp_path / "a.arpa", min_count=1)
+    pruned = build_arpa(corpus, tmp_path / "b.arpa", min_count=2)
+    assert pruned["ngrams"][0] == full["ngrams"][0]  # unigrams are never pruned
+    assert pruned["ngrams"][2] < full["ngrams"][2]
+    lm = WordNgram.load(tmp_path / "b.arpa")
+    seen = corpus[0]
+    shuffled = list(reversed(seen))
+    assert lm.sentence(seen) > lm.sentence(shuffled) or seen == shuffled
+
+
+def test_arpa_round_trip_matches_the_header(corpus, tmp_path):
+    path = tmp_path / "lm.arpa.gz"
+    info = build_arpa(corpus, path)
+    with gzip.open(path, "rt") as f:
+        text = f.read()
+    for n, size in enumerate(info["ngrams"], 1):
+        assert f"ngram {n}={size}" in text
+        section = text.split(f"\\{n}-grams:\n")[1].split("\n\n")[0]
+        assert len(section.strip().splitlines()) == size
+
+
+def test_malformed_files_are_refused(tmp_path):
+    bad = tmp_path / "bad.arpa"
+    bad.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-1.0\n\\end\\\n")
+    with pytest.raises(ValueError, match="bad.arpa:5"):
+        WordNgram.load(bad)
+    (tmp_path / "empty.arpa").write_text("hello\n")
+    with pytest.raises(ValueError):
+        WordNgram.load(tmp_path / "empty.arpa")
+
+
+def _spell(text: str, sharp: float = 4.0) -> torch.Tensor:
+    """CTC log-probs that spell `text` one character per slot with blanks between (peaked)."""
+    blank = len(CHARS)
+    rows = []
+    for c in text:
+        rows += [CHARS.index(c), blank]
+    logits = torch.zeros(len(rows), blank + 1, dtype=torch.float64)
+    for t, i in enumerate(rows):
+        logits[t, i] = sharp
+    return F.log_softmax(logits, -1)
+
+
+def test_fusion_prefers_known_words_over_a_near_spelling(corpus, tmp_path):
+    """CTC slightly prefers "tha cat" over "the cat"; the n-gram knows "the" and flips it."""
+    path = tmp_path / "lm.arpa.gz"
+    build_arpa(corpus + [["the", "cat"]] * 5, path)
+    lm = WordNgram.load(path)
+    lp = _spell("tha cat")
+    e, a = CHARS.index("e"), CHARS.index("a")
+    slot = 2 * 2  # the third character's slot
+    lp[slot, a], lp[slot, e] = math.log(0.5), math.log(0.4)
+    lp[slot] = torch.log_softmax(lp[slot], -1)
+    plain = prefix_beam_search(lp, len(lp), CHARS, beam=16)
+    assert plain[0][0] == "tha cat"
+    fused = prefix_beam_search(lp, len(lp), CHARS, beam=16, fusion=WordFusion(lm, CHARS, alpha=1.0, beta=0.0))
+    assert fused[0][0] == "the cat"
+    # the fused score is CTC's plus the n-gram's (CTC's: the beam's alignments, with a trailing
+    # space or not, so near the exact sum over alignments, not equal to it)
+    fusion = WordFusion(lm, CHARS, alpha=1.0, beta=0.5)
+    fused = dict(prefix_beam_search(lp, len(lp), CHARS, beam=64, fusion=fusion))
+    exact = sequence_log_probs(lp, len(lp), ["the cat"], CHARS)[0]
+    ctc_part = fused["the cat"] - fusion.text_score("the cat")
+    assert abs(ctc_part - exact) < 0.1 < abs(fusion.text_score("the cat"))
+
+
+def test_fusion_with_zero_weights_is_plain_ctc(corpus, tmp_path):
+    path = tmp_path / "lm.arpa.gz"
+    build_arpa(corpus, path)
+    torch.manual_seed(0)
+    lp = F.log_softmax(torch.randn(12, len(CHARS) + 1, dtype=torch.float64) * 3, -1)
+    plain = prefix_beam_search(lp, 12, CHARS, beam=8)
+    zero = prefix_beam_search(lp, 12, CHARS, beam=8, fusion=WordFusion(WordNgram.load(path), CHARS, 0.0, 0.0))
+    assert [t for t, _ in plain] == [t for t, _ in zero]
+    assert [s for _, s in plain] == pytest.approx([s for _, s in zero])
