@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 import sys
 from dataclasses import asdict
@@ -80,10 +81,30 @@ def run_info(args: argparse.Namespace) -> int:
     if spec.lora:
         print(f"speech LoRA: r={spec.lora.r}, alpha={spec.lora.alpha}, dropout={spec.lora.dropout}")
     print(f"stop tokens: {spec.stop_token_ids}")
+    print(f"decoding: {_decoding_line(Path(spec.path))}")
     print("parameters:")
     for name in ("speech LoRA", "encoder", "speech projector", "LM"):
         print(f"  {name}: {counts[name]:,}")
     return 0
+
+
+def _decoding_line(root: Path) -> str:
+    """How English transcription decodes in this folder, from its files (nothing loaded)."""
+    from safetensors import safe_open
+
+    from speech.ctc import HEAD_FILE, LEXICON_FILE, NGRAM_FILE
+
+    if not (root / HEAD_FILE).exists():
+        return "greedy (LM)"
+    with safe_open(str(root / HEAD_FILE), framework="pt") as f:
+        meta = f.metadata() or {}
+    line = f"CTC rescoring (weight {meta.get('decode_weight', '0.5')}, beam {meta.get('beam', '8')})"
+    if (root / NGRAM_FILE).exists():
+        line += (f", word n-gram {NGRAM_FILE} (weight {meta.get('ngram_weight', '0.5')}, "
+                 f"word bonus {meta.get('word_bonus', '1.0')})")
+    if (root / LEXICON_FILE).exists():
+        line += f", respelling with {LEXICON_FILE}"
+    return line
 
 
 def register(sub: argparse._SubParsersAction) -> None:

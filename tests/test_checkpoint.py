@@ -64,6 +64,17 @@ def test_info_counts_for_real_config():
     assert "encoder: 441,238,144" in out
     assert "speech projector: 12,589,056" in out
     assert "LM: 3,836,021,760" in out
+    assert "decoding: greedy (LM)" in out  # the real checkpoint has no CTC head
+
+
+def test_info_says_how_the_builtin_model_decodes():
+    from speech.model import builtin_path
+
+    if not (builtin_path() / "ctc_head.safetensors").exists():
+        pytest.skip("the built-in model is not in this checkout")
+    out = subprocess.run([sys.executable, "-m", "speech.cli", "info"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "decoding: CTC rescoring (weight" in out and "word n-gram ngram.arpa.gz" in out
 
 
 def _broken(tiny_native, tmp_path, how):

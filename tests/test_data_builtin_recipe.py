@@ -96,3 +96,20 @@ def test_text_splits_match_the_speech_corpora():
     """The LM text and the TTS corpora share one split function: a test sentence is test everywhere."""
     sentence = next(s for s in (f"Sentence {i} is here." for i in range(1000)) if split_for(s, text.FRACTIONS) == "test")
     assert split_for(sentence.upper()) == "test"
+
+
+def test_wer_by_voice_groups_by_folder_and_engine(tmp_path):
+    import json
+
+    from speech.builtin_recipe.by_voice import by_voice
+
+    rows = [("audio/test/espeak-ng_en-us_m8/a.wav", "the cat sat", "the cat sat"),
+            ("audio/test/espeak-ng_en-us_f5/b.wav", "a dog ran", "a dog"),
+            ("audio/test/flite_slt/c.wav", "one two", "three four")]
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps({"audio_filepath": a, "text": t, "pred_text": p}) + "\n" for a, t, p in rows))
+    found = by_voice(path)
+    assert found["espeak-ng_en-us_m8"] == (1, 0.0)
+    assert found["espeak-ng_en-us_f5"] == (1, pytest.approx(100 / 3, abs=0.01))
+    assert found["espeak-ng (all)"] == (2, pytest.approx(100 / 6, abs=0.01))
+    assert found["flite (all)"] == (1, 100.0)
