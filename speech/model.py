@@ -392,7 +392,7 @@ class SpeechModel(nn.Module):
             write = self.lexicon.write if self.lexicon else (lambda t: t[:1].upper() + t[1:])
             lm_text = [texts[row]] if self.ctc_lm_candidate else []
             proposals[row] = lm_text + [write(t) for t, _ in nbest[: self.ctc_rescore_top]] + [""]
-        prefill = self._prefill(embeds, mask)
+        prefill = self._prefill(embeds, mask) if self.ctc_weight < 1 else None  # w = 1: the LM is not asked
         best = self._best_of(proposals, log_probs, slots, prefill)
         for _ in range(self.respell_passes if self.lexicon is not None else 0):
             changes = {row: self.lexicon.respellings(best[row][1], self.respell_limit) for row in rows}
