@@ -21,12 +21,10 @@ SENTENCES = [
     "thank you for calling please hold the line",
     "the quick brown fox jumps over the lazy dog",
 ]
-# Corpus WER bound for these clips (the target is 10% on held-out TTS speech). The shipped
-# model does not reach it yet (README model card), so this is an expected failure until a
-# better-trained model ships; it turns into a pass by itself then.
+# Corpus WER bound for these clips (the target is 10% on held-out TTS speech, which the
+# shipped model does not reach: 38.3%, 18.1% on this voice; README model card). Measured on
+# these four clips: 0.29. The bound leaves room for other espeak-ng builds, not for a broken model.
 MAX_WER = 0.6
-UNDERTRAINED = pytest.mark.xfail(reason="built-in model undertrained: 64.2% WER on held-out TTS (model card); passes on some voices",
-                                 strict=False)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +49,6 @@ def test_output_depends_on_the_audio(builtin, tmp_path):
     assert len(set(texts)) > 1
 
 
-@UNDERTRAINED
 def test_transcribes_unseen_voice(builtin, tmp_path):
     hyps = builtin.generate(_unseen_voice_clips(tmp_path))
     assert _wer(hyps) <= MAX_WER, list(zip(SENTENCES, hyps))
