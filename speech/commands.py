@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from speech.prompts import LANGUAGES, TASKS, Task
 
@@ -90,18 +90,15 @@ def run_info(args: argparse.Namespace) -> int:
 
 def _decoding_line(root: Path) -> str:
     """How English transcription decodes in this folder, from its files (nothing loaded)."""
-    from safetensors import safe_open
-
-    from speech.ctc import HEAD_FILE, LEXICON_FILE, NGRAM_FILE
+    from speech.ctc import HEAD_FILE, LEXICON_FILE, NGRAM_FILE, decode_settings, head_metadata
 
     if not (root / HEAD_FILE).exists():
         return "greedy (LM)"
-    with safe_open(str(root / HEAD_FILE), framework="pt") as f:
-        meta = f.metadata() or {}
-    line = f"CTC rescoring (weight {meta.get('decode_weight', '0.5')}, beam {meta.get('beam', '8')})"
+    settings = decode_settings(head_metadata(root / HEAD_FILE))
+    line = f"CTC rescoring (weight {settings['decode_weight']:g}, beam {settings['beam']})"
     if (root / NGRAM_FILE).exists():
-        line += (f", word n-gram {NGRAM_FILE} (weight {meta.get('ngram_weight', '0.5')}, "
-                 f"word bonus {meta.get('word_bonus', '1.0')})")
+        line += (f", word n-gram {NGRAM_FILE} (weight {settings['ngram_weight']:g}, "
+                 f"word bonus {settings['word_bonus']:g})")
     if (root / LEXICON_FILE).exists():
         line += f", respelling with {LEXICON_FILE}"
     return line

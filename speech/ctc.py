@@ -65,8 +65,20 @@ class CTCHead(nn.Module):
         return torch.log_softmax(logits.float(), dim=-1), lengths * self.upsample
 
 
-def load_ctc_head(root: Path, hidden_size: int, device: torch.device) -> tuple[CTCHead, dict[str, str]] | None:
-    """The head in `root`/ctc_head.safetensors and its metadata (tuned decoding settings), or None."""
+def head_metadata(path: Path) -> dict[str, str]:
+    """A ctc_head.safetensors file's metadata (alphabet, upsampling, tuned decoding settings)."""
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def decode_settings(meta: dict[str, str]) -> dict[str, float]:
+    """The tuned decoding settings in a head's metadata, with the defaults for a head never tuned."""
+    return {"decode_weight": float(meta.get("decode_weight", 0.5)), "beam": int(meta.get("beam", 8)),
+            "ngram_weight": float(meta.get("ngram_weight", 0.5)), "word_bonus": float(meta.get("word_bonus", 1.0))}
+
+
+def load_ctc_head(root: Path, hidden_size: int, device: torch.device) -> tuple[CTCHead, dict[str, float]] | None:
+    """The head in `root`/ctc_head.safetensors and its decoding settings, or None if absent."""
     path = root / HEAD_FILE
     if not path.exists():
         return None
@@ -75,16 +87,15 @@ def load_ctc_head(root: Path, hidden_size: int, device: torch.device) -> tuple[C
         weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
     head = CTCHead(hidden_size, meta["chars"], int(meta["upsample"]))
     head.proj.load_state_dict({"weight": weight.float(), "bias": bias.float()})
-    return head.to(device).eval(), meta
+    return head.to(device).eval(), decode_settings(meta)
 
 
-def load_fusion(root: Path, chars: str, meta: dict[str, str]) -> WordFusion | None:
+def load_fusion(root: Path, chars: str, settings: dict[str, float]) -> WordFusion | None:
     """The folder's word n-gram (ngram.arpa.gz) with the head's tuned weights, or None if absent."""
     path = root / NGRAM_FILE
     if not path.exists():
         return None
-    return WordFusion(WordNgram.load(path), chars, float(meta.get("ngram_weight", 0.5)),
-                      float(meta.get("word_bonus", 1.0)))
+    return WordFusion(WordNgram.load(path), chars, settings["ngram_weight"], settings["word_bonus"])
 
 
 def _normalize(text: str, chars: str) -> str:
@@ -132,29 +143,28 @@ class WordFusion:
         self.prefixes = ngram.prefixes()
         self.oov = alpha * ngram.unk
 
-    def start(self) -> tuple[float, tuple[str, ...], int]:
-        """The empty prefix's state: (score of finished words, n-gram context, where the open word starts)."""
-        return 0.0, (BOS,), 0
+    def start(self) -> tuple[float, tuple[str, ...], str]:
+        """The empty prefix's state: (score of finished words, n-gram context, the open word)."""
+        return 0.0, (BOS,), ""
 
-    def extend(self, state: tuple, prefix: tuple[int, ...], c: int) -> tuple:
-        """The state of `prefix` + (c,), given `prefix`'s."""
+    def extend(self, state: tuple, c: int) -> tuple:
+        """The state of a prefix one character `c` longer."""
         if c != self.space:
-            return state
-        return self._close(state, prefix) + (len(prefix) + 1,)
+            return state[0], state[1], state[2] + self.chars[c]
+        return self._close(state) + ("",)
 
-    def rank(self, state: tuple, prefix: tuple[int, ...]) -> float:
+    def rank(self, state: tuple) -> float:
         """The fusion score of a prefix so far (finished words, and the open word's OOV penalty)."""
-        word = "".join(self.chars[i] for i in prefix[state[2]:])
+        word = state[2]
         return state[0] + (self.oov if word and word not in self.prefixes else 0.0)
 
-    def finish(self, state: tuple, prefix: tuple[int, ...]) -> float:
+    def finish(self, state: tuple) -> float:
         """The fusion score of a finished transcript: its last word and the sentence end."""
-        score, context = self._close(state, prefix)
+        score, context = self._close(state)
         return score + self.alpha * self.ngram.score(context, EOS)
 
-    def _close(self, state: tuple, prefix: tuple[int, ...]) -> tuple[float, tuple[str, ...]]:
-        score, context, begin = state
-        word = "".join(self.chars[i] for i in prefix[begin:])
+    def _close(self, state: tuple) -> tuple[float, tuple[str, ...]]:
+        score, context, word = state
         if not word:
             return score, context
         return (score + self.alpha * self.ngram.score(context, word) + self.beta,
@@ -198,8 +208,8 @@ def prefix_beam_search(log_probs: torch.Tensor, length: int, chars: str, beam: i
                     continue
                 longer = prefix + (c,)
                 if fusion and longer not in states:
-                    states[longer] = fusion.extend(states[prefix], prefix, c)
-                    ranks[longer] = fusion.rank(states[longer], longer)
+                    states[longer] = fusion.extend(states[prefix], c)
+                    ranks[longer] = fusion.rank(states[longer])
                 if prefix and c == prefix[-1]:
                     _grow(grown, longer, p_char=p_blank + row[c])  # a repeat needs a blank between
                 else:
@@ -212,7 +222,7 @@ def prefix_beam_search(log_probs: torch.Tensor, length: int, chars: str, beam: i
     merged: dict[str, float] = {}
     for prefix, probs in beams.items():
         text = "".join(chars[c] for c in prefix).strip()
-        score = _logaddexp(*probs) + (fusion.finish(states[prefix], prefix) if fusion else 0.0)
+        score = _logaddexp(*probs) + (fusion.finish(states[prefix]) if fusion else 0.0)
         merged[text] = _logaddexp(merged.get(text, -math.inf), score)
     return sorted(merged.items(), key=lambda kv: -kv[1])
 

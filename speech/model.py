@@ -36,8 +36,8 @@ from speech.checkpoint import (
 from speech.ctc import (
     CTCHead,
     Lexicon,
-    char_ids,
     WordFusion,
+    char_ids,
     load_ctc_head,
     load_fusion,
     prefix_beam_search,
@@ -228,12 +228,11 @@ class SpeechModel(nn.Module):
         model.adapter = Path(adapter) if adapter is not None else None
         head = load_ctc_head(root, spec.audio_config.hidden_size, dev)
         if head is not None:
-            model.ctc_head, meta = head
-            model.ctc_beam = int(meta.get("beam", 8))
+            model.ctc_head, settings = head
+            model.ctc_beam = settings["beam"]
             model.lexicon = Lexicon.load(root, model.ctc_head.chars)
-            model.fusion = load_fusion(root, model.ctc_head.chars, meta)
-            model.ctc_weight = ctc_weight if ctc_weight is not None else (
-                0.0 if adapter else float(meta.get("decode_weight", 0.5)))
+            model.fusion = load_fusion(root, model.ctc_head.chars, settings)
+            model.ctc_weight = ctc_weight if ctc_weight is not None else (0.0 if adapter else settings["decode_weight"])
             if not 0.0 <= model.ctc_weight <= 1.0:
                 raise UserError(f"ctc_weight must be in [0, 1], not {model.ctc_weight}")
         model.eval()

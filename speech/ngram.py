@@ -52,9 +52,10 @@ class WordNgram:
             n = 0
             for number, line in enumerate(f, 1):
                 line = line.strip()
-                if not line or line.startswith("ngram ") or line == "\\data\\":
-                    if line.startswith("ngram "):
-                        order = max(order, int(line.split()[1].split("=")[0]))
+                if line.startswith("ngram "):  # the header: "ngram N=count"
+                    order = max(order, int(line.split()[1].split("=")[0]))
+                    continue
+                if not line or line == "\\data\\":
                     continue
                 if line.startswith("\\"):
                     if line == "\\end\\":

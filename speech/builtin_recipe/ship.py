@@ -20,10 +20,9 @@ import json
 import shutil
 from pathlib import Path
 
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from speech.ctc import HEAD_FILE, LEXICON_FILE, NGRAM_FILE, build_lexicon, heard_words
+from speech.ctc import HEAD_FILE, LEXICON_FILE, NGRAM_FILE, build_lexicon, head_metadata, heard_words
 from speech.ngram import build_arpa
 
 _COPY = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -55,22 +54,17 @@ def ship(source: Path, target: Path, ctc_head: Path | None = None, lexicon_from:
     if lexicon_from is not None:
         if ctc_head is None:
             raise SystemExit("error: --lexicon-from needs --ctc-head (the lexicon is spelled in its alphabet)")
-        chars = chars_of(ctc_head)
+        chars = head_metadata(ctc_head)["chars"]
         with open(lexicon_from, encoding="utf-8") as text:
             words = build_lexicon(text, chars)
         (target / LEXICON_FILE).write_text("\n".join(words) + "\n", encoding="utf-8")
     if ngram_from is not None:
         if ctc_head is None:
             raise SystemExit("error: --ngram-from needs --ctc-head (the n-gram is spelled in its alphabet)")
-        info = write_ngram(ngram_from, target / NGRAM_FILE, chars_of(ctc_head))
+        info = write_ngram(ngram_from, target / NGRAM_FILE, head_metadata(ctc_head)["chars"])
         print(f"{target / NGRAM_FILE}: {info}")
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     print(f"{target}: {size / 1e6:.1f} MB")
-
-
-def chars_of(ctc_head: Path) -> str:
-    with safe_open(str(ctc_head), framework="pt") as f:
-        return f.metadata()["chars"]
 
 
 def write_ngram(text_file: Path, path: Path, chars: str) -> dict:
