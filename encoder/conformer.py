@@ -41,6 +41,36 @@ def _time_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
     return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def _run_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """One layer of the convolutional subsampling, laid out for speed; the values are the same.
+
+    The first stage's output (256 channels at half the frame rate: 80 MB for 8 clips of 5 s) makes
+    the subsampling ~70 % of the encoder's time on CPU. With channels_last weights oneDNN's
+    convolutions run ~2x faster, and without autograd the activation runs in place (no second
+    80 MB tensor to allocate and fault in).
+    """
+    if isinstance(layer, nn.Conv2d):
+        weight = layer.weight.to(memory_format=torch.channels_last)  # (.contiguous() keeps C_in = 1 as is)
+        return F.conv2d(hidden, weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+    if isinstance(layer, nn.ReLU) and not torch.is_grad_enabled():
+        return hidden.relu_()
+    return layer(hidden)
+
+
+def _zero_padding(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[B, C, T, F] with frames at or past each clip's length set to 0.
+
+    Without autograd, only the padded tails are written, in place (a full masking multiply is
+    another pass over the largest tensor in the encoder); training keeps the out-of-place multiply.
+    """
+    if torch.is_grad_enabled():
+        return hidden * _time_mask(lengths, hidden.shape[2])[:, None, :, None]
+    for row, n in enumerate(lengths.tolist()):
+        if n < hidden.shape[2]:
+            hidden[row, :, n:] = 0
+    return hidden
+
+
 class ConformerEncoder(nn.Module):
     """Log-mel frames [B, T, 80] -> encoder states [B, ceil(T/8), D], padding-correct."""
 
@@ -74,9 +104,9 @@ class ConformerEncoder(nn.Module):
             stage.append(layer)
             if not isinstance(layer, nn.Conv2d):  # the activation closes a stage
                 for module in stage:
-                    hidden = module(hidden)
+                    hidden = _run_layer(module, hidden)
                 lengths = _halve(lengths)
-                hidden = hidden * _time_mask(lengths, hidden.shape[2])[:, None, :, None]
+                hidden = _zero_padding(hidden, lengths)
                 stage = []
         b, _, t, _ = hidden.shape
         hidden = self.embed.out(hidden.transpose(1, 2).reshape(b, t, -1))

@@ -62,7 +62,9 @@ class LogMelFeatures:
         self.mel = torch.from_numpy(_mel_filters()).to(self.device)
 
     @torch.no_grad()  # plain tensors (not inference-mode ones), so training can use them
-    def __call__(self, audios: list[np.ndarray] | list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, audios: list[np.ndarray] | list[torch.Tensor],
+                 warp: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`warp` (training only): one VTLP factor per clip (see `vtlp_filters`); None = the reference."""
         lengths = torch.tensor([len(a) for a in audios], dtype=torch.long)
         if int(lengths.min()) < WIN_LENGTH:
             raise ValueError(f"every clip needs at least {WIN_LENGTH} samples (25 ms)")
@@ -78,7 +80,40 @@ class LogMelFeatures:
         frames[..., 0] = batch.unfold(-1, WIN_LENGTH, HOP_LENGTH)[..., 0] * ((1 - PREEMPHASIS) * self.scaled_window[0])
         spectrum = torch.view_as_real(torch.fft.rfft(frames, n=N_FFT))
         power = spectrum.square().sum(-1)
-        feats = torch.clamp(power @ self.mel, min=1.0).log()
+        if warp is None:
+            mel = self.mel
+        else:
+            if len(warp) != len(audios):
+                raise ValueError("warp needs one factor per clip")
+            mel = torch.stack([vtlp_filters(self.mel, a) for a in warp])  # [B, 257, 80]
+        feats = torch.clamp(power @ mel, min=1.0).log()
         frame_lengths = num_frames(lengths).to(self.device)
         valid = torch.arange(feats.shape[1], device=self.device)[None, :] < frame_lengths[:, None]
         return feats * valid[..., None], frame_lengths
+
+
+def vtlp_filters(mel: torch.Tensor, alpha: float, boundary_hz: float = 4800.0) -> torch.Tensor:
+    """The mel filter bank under vocal tract length perturbation (Jaitly & Hinton 2013).
+
+    A training augmentation: a new speaker from an old one, as if their vocal tract were
+    `alpha` times shorter (formants move up by `alpha`; 0.9-1.1 is the paper's range). Each filter
+    is read at the warped frequency w(f) = alpha * f, piecewise linear above `boundary_hz` so the
+    band still ends at Nyquist; alpha 1 returns `mel` itself.
+    """
+    if alpha == 1.0:
+        return mel
+    nyquist = SAMPLE_RATE / 2
+    bins = mel.shape[0]
+    freqs = torch.linspace(0.0, nyquist, bins, dtype=torch.float64)
+    knee = boundary_hz * min(alpha, 1.0) / alpha
+    slope = (nyquist - boundary_hz * min(alpha, 1.0)) / (nyquist - knee)
+    warped = torch.where(freqs <= knee, alpha * freqs, nyquist - slope * (nyquist - freqs))
+    # Linear interpolation of every filter at the warped bin positions, as one [bins, bins] matrix.
+    position = (warped / nyquist * (bins - 1)).clamp(0, bins - 1)
+    low = position.floor().long().clamp(max=bins - 2)
+    frac = position - low
+    interp = torch.zeros(bins, bins, dtype=torch.float64)
+    rows = torch.arange(bins)
+    interp[rows, low] = 1 - frac
+    interp[rows, low + 1] += frac
+    return (interp.to(mel.dtype).to(mel.device)) @ mel

@@ -61,3 +61,16 @@ def test_reference_encoder_is_not_padding_correct():
     alone = reference(x, None)
     batched = reference(padded, mask)[:, : alone.shape[1]]
     assert torch.max(torch.abs(alone - batched)).item() > 1e-3
+
+
+def test_training_path_equals_inference_path():
+    """With autograd on, padding is masked by a multiply (in place is not allowed); same values."""
+    _, ours = _pair()
+    lengths = torch.tensor([97, 333, 250])
+    batch = torch.randn(3, 333, 80) * 3 + 8
+    with torch.no_grad():
+        fast, _ = ours(batch, lengths)
+    slow, _ = ours(batch.requires_grad_(), lengths)
+    assert slow.requires_grad
+    for i, n in enumerate(ConformerEncoder.output_lengths(lengths).tolist()):
+        assert torch.max(torch.abs(fast[i, :n] - slow[i, :n].detach())).item() <= 1e-5

@@ -98,6 +98,9 @@ def main() -> None:
                         help="resample each clip by a random factor in [1-F, 1+F] (tempo and pitch: new voices)")
     parser.add_argument("--specaugment", action="store_true",
                         help="mask 2 random mel bands (<= 15) and 2 time spans (<= 5%% each) per clip")
+    parser.add_argument("--vtlp", type=float, default=0.0, metavar="F",
+                        help="vocal tract length perturbation: warp each clip's frequencies by a random "
+                             "factor in [1-F, 1+F] (e.g. 0.12: new speakers from the few natural voices)")
     parser.add_argument("--freeze-encoder", action="store_true",
                         help="train only the CTC head on --model's encoder (e.g. lr 3e-3, a few hundred steps)")
     args = parser.parse_args()
@@ -137,7 +140,8 @@ def main() -> None:
     for step, batch in enumerate(batches(examples, args.batch_size, args.seed), 1):
         audios = [perturb(load_audio(e.audio), args.speed_perturb, rng) for e in batch]
         labels = [encode(e.answer) for e in batch]
-        features, lengths = featurizer(audios)
+        warp = [1.0 + rng.uniform(-args.vtlp, args.vtlp) for _ in batch] if args.vtlp > 0 else None
+        features, lengths = featurizer(audios, warp=warp)
         if args.specaugment:
             features = spec_augment(features, lengths, rng)
         with torch.set_grad_enabled(not args.freeze_encoder):
@@ -172,7 +176,7 @@ def main() -> None:
                                         "targets": args.targets, "upsample": upsample,
                                         "freeze_encoder": args.freeze_encoder, "init_head": str(args.init_head),
                                         "speed_perturb": args.speed_perturb, "specaugment": args.specaugment,
-                                        "final_loss_ema": ema, "history": history})
+                                        "vtlp": args.vtlp, "final_loss_ema": ema, "history": history})
             last_save = time.time()
         if done:
             break
