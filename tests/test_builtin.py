@@ -103,10 +103,16 @@ def test_cached_answer_scores_equal_a_plain_forward(builtin, tmp_path):
     ids, mask = builtin._left_pad([builtin.prompt_ids(Task(), n) for n in n_audio])
     states, lengths = builtin.encoder(features, frames)
     embeds = builtin._embed_states(ids, states, lengths)
-    answers = ["Please leave a message.", "", "The weather will be warm"]
-    owners = [0, 0, 1]
-    cached = builtin._answer_log_probs(builtin._prefill(embeds, mask), owners, answers)
+    # row 1's answers share prefixes: they are scored as one token tree
+    answers = ["Please leave a message.", "", "The weather will be warm", "The weather will be cold", "The",
+               "The weather will be warm and dry"]
+    owners = [0, 0, 1, 1, 1, 1]
+    prefill = builtin._prefill(embeds, mask)
+    cached = builtin._answer_log_probs(prefill, owners, answers)
     stop = builtin.stop_token_ids[0]
+    ids = [builtin.tokenizer.encode(a, add_special_tokens=False) + [stop] for a in answers]
+    flat = builtin._flat_log_probs(prefill, owners, ids)  # the path for flash attention
+    assert cached == pytest.approx(flat, abs=1e-3)
     for row, answer, got in zip(owners, answers, cached):
         answer_ids = builtin.tokenizer.encode(answer, add_special_tokens=False) + [stop]
         keep = mask[row].bool()

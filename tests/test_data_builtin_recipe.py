@@ -113,3 +113,29 @@ def test_wer_by_voice_groups_by_folder_and_engine(tmp_path):
     assert found["espeak-ng_en-us_f5"] == (1, pytest.approx(100 / 3, abs=0.01))
     assert found["espeak-ng (all)"] == (2, pytest.approx(100 / 6, abs=0.01))
     assert found["flite (all)"] == (1, 100.0)
+
+
+def test_ctc_augmentations_narrowband_and_speed():
+    """Stage 2's audio augmentations: a phone-line clip keeps its length and loses what is above
+    4 kHz (the Asterisk prompts are 8 kHz recordings); share 0 / factor 0 leave clips alone."""
+    import random
+
+    import numpy as np
+
+    from speech.builtin_recipe import ctc
+
+    rng = random.Random(0)
+    t = np.arange(16_000) / 16_000
+    clip = (0.2 * np.sin(2 * np.pi * 1000 * t) + 0.2 * np.sin(2 * np.pi * 6000 * t)).astype(np.float32)
+    assert ctc.narrowband(clip, 0.0, rng) is clip and ctc.perturb(clip, 0.0, rng) is clip
+    phone = ctc.narrowband(clip, 1.0, rng)
+    assert phone.shape == clip.shape and phone.dtype == clip.dtype
+
+    def energy(x, hz):
+        spectrum = np.abs(np.fft.rfft(x[2000:-2000]))
+        return spectrum[int(hz * len(spectrum) / 8000) - 5: int(hz * len(spectrum) / 8000) + 5].sum()
+
+    assert energy(phone, 6000) < 0.01 * energy(clip, 6000)
+    assert energy(phone, 1000) > 0.9 * energy(clip, 1000)
+    faster = ctc.perturb(clip, 0.1, random.Random(1))
+    assert 0.89 * len(clip) <= len(faster) <= 1.11 * len(clip) and len(faster) != len(clip)

@@ -101,6 +101,9 @@ def main() -> None:
     parser.add_argument("--vtlp", type=float, default=0.0, metavar="F",
                         help="vocal tract length perturbation: warp each clip's frequencies by a random "
                              "factor in [1-F, 1+F] (e.g. 0.12: new speakers from the few natural voices)")
+    parser.add_argument("--narrowband", type=float, default=0.0, metavar="P",
+                        help="share of clips band-limited to telephone speech (to 8 kHz and back), like the "
+                             "Asterisk prompts and real call audio")
     parser.add_argument("--freeze-encoder", action="store_true",
                         help="train only the CTC head on --model's encoder (e.g. lr 3e-3, a few hundred steps)")
     args = parser.parse_args()
@@ -138,7 +141,8 @@ def main() -> None:
     start, ema, history = time.time(), None, []
     last_save = start
     for step, batch in enumerate(batches(examples, args.batch_size, args.seed), 1):
-        audios = [perturb(load_audio(e.audio), args.speed_perturb, rng) for e in batch]
+        audios = [narrowband(perturb(load_audio(e.audio), args.speed_perturb, rng), args.narrowband, rng)
+                  for e in batch]
         labels = [encode(e.answer) for e in batch]
         warp = [1.0 + rng.uniform(-args.vtlp, args.vtlp) for _ in batch] if args.vtlp > 0 else None
         features, lengths = featurizer(audios, warp=warp)
@@ -176,7 +180,7 @@ def main() -> None:
                                         "targets": args.targets, "upsample": upsample,
                                         "freeze_encoder": args.freeze_encoder, "init_head": str(args.init_head),
                                         "speed_perturb": args.speed_perturb, "specaugment": args.specaugment,
-                                        "vtlp": args.vtlp, "final_loss_ema": ema, "history": history})
+                                        "vtlp": args.vtlp, "narrowband": args.narrowband, "final_loss_ema": ema, "history": history})
             last_save = time.time()
         if done:
             break
@@ -191,6 +195,16 @@ def perturb(audio, factor: float, rng: random.Random):
 
     rate = 1.0 + rng.uniform(-factor, factor)
     return soxr.resample(audio, 16_000, round(16_000 / rate)).astype(audio.dtype)
+
+
+def narrowband(audio, share: float, rng: random.Random):
+    """With probability `share`, the clip as a phone line carries it: through 8 kHz (soxr's
+    anti-aliasing drops everything above 4 kHz) and back to 16 kHz."""
+    if share <= 0 or rng.random() >= share:
+        return audio
+    import soxr
+
+    return soxr.resample(soxr.resample(audio, 16_000, 8_000), 8_000, 16_000).astype(audio.dtype)[: len(audio)]
 
 
 def spec_augment(features: torch.Tensor, lengths: torch.Tensor, rng: random.Random) -> torch.Tensor:
