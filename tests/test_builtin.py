@@ -148,3 +148,22 @@ def test_ctc_weight_one_decodes_without_the_lm(tmp_path, monkeypatch):
     monkeypatch.setattr(model, "_answer_log_probs", no_lm)
     texts = model.generate(clips)
     assert all(texts) and jiwer.wer(SENTENCES[:2], [t.lower().strip(" .,!?") for t in texts]) < 1.0
+
+
+def test_ctc_wer_tool_scores_the_shipped_head(tmp_path):
+    """speech.builtin_recipe.ctc_wer (stage 2's check): the shipped head's greedy CTC hears an
+    unseen voice (loose bound), and a wrong reference scores far worse."""
+    import json
+
+    from speech.builtin_recipe.ctc_wer import greedy_wer
+
+    def manifest(name, texts):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"audio_filepath": str(espeak(s, tmp_path / f"{i}.wav", voice="en-us+m8")),
+                                            "text": t, "duration": 3.0}) + "\n"
+                                for i, (s, t) in enumerate(zip(SENTENCES, texts))))
+        return str(path)
+
+    right, n = greedy_wer(builtin_path(), manifest("right", SENTENCES), clips=10)
+    wrong, _ = greedy_wer(builtin_path(), manifest("wrong", ["completely different words here"] * 3), clips=10)
+    assert n == len(SENTENCES) and right <= 0.6 and wrong > right + 0.3

@@ -43,14 +43,32 @@ python -m speech.builtin_recipe.ctc --model $W/stage2 --out $W/stage2c --init-he
     --lr 3e-4 --warmup 50 --steps 1400 --max-minutes 52 --speed-perturb 0.1 --specaugment --seed 6
 python -m speech.builtin_recipe.graft --model $W/stage3b/model --encoder-from $W/stage2c --out $W/stage3b_graft
 speechlora finetune speech/builtin_recipe/stage3r.yaml   # ~10 min
-python -m speech.builtin_recipe.ship --from $W/stage3r/model --to speech/builtin/model \
-    --ctc-head $W/stage2c/ctc_head.safetensors --lexicon-from $W/text/lm.txt --ngram-from $W/text/lm.txt
-# the decoding weights (CTC/LM, word n-gram, word bonus) and beam, chosen on dev clips (training
-# voices and 6 unseen voices; ~15 min)
+# dev clips of six voices seen nowhere (for ctc_wer below and tune_ctc)
 head -90 $W/text/tts_dev.txt > $W/text/tts_dev_90.txt
 speechlora data tts $W/text/tts_dev_90.txt --out $D/dev_unseen --voice espeak-ng:en-us+Andy \
     --voice espeak-ng:en-us+Annie --voice espeak-ng:en-us+klatt3 --voice espeak-ng:en-us+grandpa \
     --voice espeak-ng:en-us+Alicia --voice flite:kal --voices-per-sentence 1 --dev 0.99 --test 0 --splits dev --seed 7
+# stage 2d/2e: new speakers from the few natural voices (vocal tract length perturbation, +-12 %),
+# telephone-band copies of 30 % of the clips (the Asterisk prompts are 8 kHz recordings), flite,
+# festival and Asterisk weighted up; 2d ran 20 min (282 steps) before 2e added the narrowband clips
+# and went on from its weights (~50 min). Then stage 3 refits once more (stage3s.yaml, ~12 min).
+NAT=(--manifest $D/tts_espeak/train.jsonl --manifest $D/tts_flite/train.jsonl --manifest $D/tts_flite/train.jsonl
+     --manifest $D/tts_festival/train.jsonl --manifest $D/tts_festival/train.jsonl)
+for i in 1 2 3 4 5 6; do NAT+=(--manifest $D/asterisk_en/train.jsonl); done
+NAT+=(--manifest $D/tts_espeak_more/train.jsonl)
+python -m speech.builtin_recipe.ctc --model $W/stage2c --out $W/stage2d --init-head $W/stage2c/ctc_head.safetensors \
+    "${NAT[@]}" --lr 2.5e-4 --warmup 50 --steps 1300 --max-minutes 20 --speed-perturb 0.1 --specaugment --vtlp 0.12 --seed 8
+python -m speech.builtin_recipe.ctc --model $W/stage2d --out $W/stage2e --init-head $W/stage2d/ctc_head.safetensors \
+    "${NAT[@]}" --lr 2.5e-4 --warmup 30 --steps 1200 --max-minutes 50 --speed-perturb 0.1 --specaugment --vtlp 0.12 \
+    --narrowband 0.3 --seed 9
+python -m speech.builtin_recipe.ctc_wer --model $W/stage2c --model $W/stage2e \
+    --manifest $D/dev_unseen/dev.jsonl --manifest $D/asterisk_en/dev.jsonl   # what the encoder hears now
+python -m speech.builtin_recipe.graft --model $W/stage3r/model --encoder-from $W/stage2e --out $W/stage3r_graft
+speechlora finetune speech/builtin_recipe/stage3s.yaml
+python -m speech.builtin_recipe.ship --from $W/stage3s/model --to speech/builtin/model \
+    --ctc-head $W/stage2e/ctc_head.safetensors --lexicon-from $W/text/lm.txt --ngram-from $W/text/lm.txt
+# the decoding weights (CTC/LM, word n-gram, word bonus) and beam, chosen on dev clips (training
+# voices, Asterisk, the 6 unseen voices; ~15 min)
 python -m speech.builtin_recipe.tune_ctc --model speech/builtin/model --manifest $D/tts_espeak/dev.jsonl \
     --manifest $D/asterisk_en/dev.jsonl --manifest $D/dev_unseen/dev.jsonl --clips 60 --weights 0.5 0.7 1.0 \
     --ngram-weights 0.5 0.8 --word-bonuses 1 2 --beams 16 --write
