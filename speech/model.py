@@ -524,8 +524,11 @@ class SpeechModel(nn.Module):
             positions[i, : len(tokens)] = torch.tensor(depth, dtype=torch.long) + 1
         pick = torch.tensor(rows, device=self.device)
         positions = positions.to(self.device) + last_position[pick, None]
-        full_mask = torch.cat([mask[pick].bool()[:, None, None, :].expand(n, 1, width, prompt_len),
-                               tree_mask.to(self.device)[:, None]], dim=-1)
+        allowed = torch.cat([mask[pick].bool()[:, None, None, :].expand(n, 1, width, prompt_len),
+                             tree_mask.to(self.device)[:, None]], dim=-1)
+        # additive, not boolean: eager attention adds the mask to its scores
+        full_mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        full_mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         cache = DynamicCache(config=self.lm.config)
         for layer, (keys, values) in enumerate(kv):
             cache.update(keys[pick], values[pick], layer)

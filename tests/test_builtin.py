@@ -167,3 +167,24 @@ def test_ctc_wer_tool_scores_the_shipped_head(tmp_path):
     right, n = greedy_wer(builtin_path(), manifest("right", SENTENCES), clips=10)
     wrong, _ = greedy_wer(builtin_path(), manifest("wrong", ["completely different words here"] * 3), clips=10)
     assert n == len(SENTENCES) and right <= 0.6 and wrong > right + 0.3
+
+
+def test_tree_scores_equal_under_eager_attention(builtin, tmp_path, monkeypatch):
+    """The token-tree mask is additive, so eager attention (which adds it) scores like sdpa."""
+    from encoder.conformer import ConformerEncoder
+    from speech.prompts import Task
+
+    clips = _unseen_voice_clips(tmp_path)[:2]
+    features, frames = builtin.features(clips)
+    n_audio = ConformerEncoder.output_lengths(frames).tolist()
+    ids, mask = builtin._left_pad([builtin.prompt_ids(Task(), n) for n in n_audio])
+    states, lengths = builtin.encoder(features, frames)
+    embeds = builtin._embed_states(ids, states, lengths)
+    answers, owners = ["The weather will be warm", "The weather is cold", "Hello", ""], [0, 0, 1, 1]
+    prefill = builtin._prefill(embeds, mask)
+    sdpa = builtin._answer_log_probs(prefill, owners, answers)
+    monkeypatch.setattr(builtin.lm.config, "_attn_implementation", "eager")
+    for layer in builtin.lm.model.layers:
+        monkeypatch.setattr(layer.self_attn.config, "_attn_implementation", "eager")
+    eager = builtin._answer_log_probs(prefill, owners, answers)
+    assert eager == pytest.approx(sdpa, abs=1e-3)
