@@ -90,19 +90,23 @@ def test_adapter_turns_ctc_off_and_bad_weights_are_refused():
         SpeechModel.load(ctc_weight=1.5)
 
 
+def _prompt_embeds(model, clips):
+    """The transcription prompts of `clips` as the LM sees them: (embeddings, mask), left-padded."""
+    from encoder.conformer import ConformerEncoder
+    from speech.prompts import Task
+
+    features, frames = model.features(clips)
+    n_audio = ConformerEncoder.output_lengths(frames).tolist()
+    ids, mask = model._left_pad([model.prompt_ids(Task(), n) for n in n_audio])
+    states, lengths = model.encoder(features, frames)
+    return model._embed_states(ids, states, lengths), mask
+
+
 def test_cached_answer_scores_equal_a_plain_forward(builtin, tmp_path):
     """Rescoring reuses each prompt's KV cache; its scores are the teacher-forced log-probs."""
     import torch
 
-    from encoder.conformer import ConformerEncoder
-    from speech.prompts import Task
-
-    clips = _unseen_voice_clips(tmp_path)[:2]
-    features, frames = builtin.features(clips)
-    n_audio = ConformerEncoder.output_lengths(frames).tolist()
-    ids, mask = builtin._left_pad([builtin.prompt_ids(Task(), n) for n in n_audio])
-    states, lengths = builtin.encoder(features, frames)
-    embeds = builtin._embed_states(ids, states, lengths)
+    embeds, mask = _prompt_embeds(builtin, _unseen_voice_clips(tmp_path)[:2])
     # row 1's answers share prefixes: they are scored as one token tree
     answers = ["Please leave a message.", "", "The weather will be warm", "The weather will be cold", "The",
                "The weather will be warm and dry"]
@@ -171,15 +175,7 @@ def test_ctc_wer_tool_scores_the_shipped_head(tmp_path):
 
 def test_tree_scores_equal_under_eager_attention(builtin, tmp_path, monkeypatch):
     """The token-tree mask is additive, so eager attention (which adds it) scores like sdpa."""
-    from encoder.conformer import ConformerEncoder
-    from speech.prompts import Task
-
-    clips = _unseen_voice_clips(tmp_path)[:2]
-    features, frames = builtin.features(clips)
-    n_audio = ConformerEncoder.output_lengths(frames).tolist()
-    ids, mask = builtin._left_pad([builtin.prompt_ids(Task(), n) for n in n_audio])
-    states, lengths = builtin.encoder(features, frames)
-    embeds = builtin._embed_states(ids, states, lengths)
+    embeds, mask = _prompt_embeds(builtin, _unseen_voice_clips(tmp_path)[:2])
     answers, owners = ["The weather will be warm", "The weather is cold", "Hello", ""], [0, 0, 1, 1]
     prefill = builtin._prefill(embeds, mask)
     sdpa = builtin._answer_log_probs(prefill, owners, answers)
