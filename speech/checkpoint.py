@@ -27,6 +27,10 @@ from transformers import Phi3Config, Phi4MultimodalAudioConfig
 from speech.errors import CheckpointError
 
 AUDIO_PREFIX = "model.embed_tokens_extend.audio_embed."
+# What a folder may carry beside its weights for CTC decoding (speech/ctc.py; the built-in model
+# does): the head, its word list and its word n-gram. Not model weights: loaders skip the head
+# file and a full export copies all three as they are.
+CTC_FILES = ("ctc_head.safetensors", "lexicon.txt", "ngram.arpa.gz")
 # The speech LoRA wraps these four linears of every LM layer (qkv, o, gate_up, down).
 LORA_TARGET_REGEX = r"model\.layers\.\d+\.(self_attn\.(qkv_proj|o_proj)|mlp\.(gate_up_proj|down_proj))"
 
@@ -187,7 +191,7 @@ def safetensors_files(root: Path) -> list[Path]:
         if missing:
             raise CheckpointError(f"{root}: index names missing shard(s): {', '.join(missing)}")
         return files
-    files = sorted(root.glob("*.safetensors"))
+    files = sorted(f for f in root.glob("*.safetensors") if f.name not in CTC_FILES)
     if not files:
         if list(root.glob("*.bin")) or list(root.glob("*.pt")):
             raise CheckpointError(f"{root}: only pickle weights (*.bin/*.pt); convert them to safetensors")

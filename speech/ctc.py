@@ -43,11 +43,10 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
+from speech.checkpoint import CTC_FILES
 from speech.ngram import BOS, EOS, WordNgram
 
-HEAD_FILE = "ctc_head.safetensors"
-LEXICON_FILE = "lexicon.txt"
-NGRAM_FILE = "ngram.arpa.gz"
+HEAD_FILE, LEXICON_FILE, NGRAM_FILE = CTC_FILES
 
 
 class CTCHead(nn.Module):

@@ -229,6 +229,7 @@ def test_builtin_recipe_stages(corpus, tmp_path):
     from safetensors.torch import load_file
     from transformers import Phi3Config, Phi3ForCausalLM
 
+    from speech.checkpoint import CTC_FILES
     from speech.finetune.assemble import assemble
     from speech.model import SpeechModel
     from speech.tiny import build_tokenizer
@@ -251,9 +252,11 @@ def test_builtin_recipe_stages(corpus, tmp_path):
     mean = start.encoder.encoder_embedding.global_mean
     assert 3 < float(mean.mean()) < 20  # log-mel statistics measured on the clips, not the zero default
 
+    _write_ctc_files(base)  # stage 2 trains the encoder: this head no longer fits and must not ship
     stage2 = write_config(tmp_path / "s2" / "cfg.yaml", base, corpus, max_steps=2, save_every=2,
                           trainable=["encoder", "projector"], lora__init="none", export="full")
     full = train(stage2)
+    assert not any((full / name).exists() for name in CTC_FILES)
     assert {p.name for p in full.iterdir()} >= {"config.json", "model.safetensors", "generation_config.json",
                                                 "tokenizer.json", "training.json"}
     assert not (full / "speech-lora").exists()
@@ -266,6 +269,7 @@ def test_builtin_recipe_stages(corpus, tmp_path):
                            model.encoder.encoders[0].self_attn.q_proj.weight)
     torch.testing.assert_close(model.lm.model.embed_tokens.weight, start.lm.model.embed_tokens.weight)  # LM frozen
 
+    _write_ctc_files(full)  # stage 3 leaves the encoder alone: the head, its metadata and word list ship
     stage3 = write_config(tmp_path / "s3" / "cfg.yaml", full, corpus, max_steps=2, save_every=2,
                           lora__init="fresh", lora__r=4, export="full")
     shipped = train(stage3)
@@ -273,6 +277,21 @@ def test_builtin_recipe_stages(corpus, tmp_path):
     assert (lora_config["r"], lora_config["lora_alpha"]) == (4, 8)
     model = SpeechModel.load(shipped)
     assert model.spec.lora.r == 4 and model.generate([np.full(16000, 0.01, np.float32)])
+    assert (shipped / "ctc_head.safetensors").read_bytes() == (full / "ctc_head.safetensors").read_bytes()
+    assert model.ctc_head is not None and model.ctc_weight == 0.7 and model.lexicon is not None
+
+
+def _write_ctc_files(folder):
+    """A CTC head (with the alphabet and a tuned weight in its metadata) and a word list, as the
+    built-in model carries them."""
+    from safetensors.torch import save_file
+
+    from speech.builtin_recipe.ctc import CHARS
+
+    hidden = json.loads((folder / "config.json").read_text())["audio_config"]["hidden_size"]
+    save_file({"weight": torch.randn(3 * (len(CHARS) + 1), hidden) * 0.1, "bias": torch.zeros(3 * (len(CHARS) + 1))},
+              str(folder / "ctc_head.safetensors"), metadata={"chars": CHARS, "upsample": "3", "decode_weight": "0.7"})
+    (folder / "lexicon.txt").write_text("hello\nworld\n")
 
 
 def test_bad_configs_are_refused_with_one_line(reference, tiny_native, corpus, tmp_path, capsys):

@@ -18,6 +18,7 @@ half an export where a loader would find it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,10 +26,11 @@ from pathlib import Path
 
 import torch
 
-from speech.checkpoint import AUDIO_PREFIX, CheckpointSpec, safetensors_files
+from speech.checkpoint import AUDIO_PREFIX, CTC_FILES, CheckpointSpec, safetensors_files
 from speech.errors import UserError
 from speech.model import ADAPTER_AUDIO_WEIGHTS
 
+log = logging.getLogger("speech.finetune.export")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TRAINING_INFO = "training.json"
 _LORA_KEY = re.compile(r"^lm\.base_model\.model\.(.+\.lora_[AB])\.[^.]+\.weight$")
@@ -140,8 +142,24 @@ def write_full(out: Path, spec: CheckpointSpec, lora: dict[str, torch.Tensor], l
     for name in ("config.json", "generation_config.json", "model.safetensors.index.json", *TOKENIZER_FILES):
         if (spec.path / name).exists():
             shutil.copy2(spec.path / name, tmp / name)
+    _copy_ctc_files(spec.path, tmp, encoder_trained=any(k.startswith(AUDIO_PREFIX + "encoder.") for k in audio))
     if lora and lora_config:
         _write_lora(tmp / "speech-lora", lora, lora_config, dtype)
     (tmp / TRAINING_INFO).write_text(json.dumps(info, indent=2))
     _replace_dir(tmp, out)
     return out
+
+
+def _copy_ctc_files(base: Path, out: Path, encoder_trained: bool) -> None:
+    """The base's CTC decoding files (CTC_FILES), byte for byte: the head's metadata holds its
+    alphabet and tuned settings. A head trained on an encoder that this run changed no longer
+    fits it, so then none are copied (the folder decodes with the LM alone)."""
+    present = [name for name in CTC_FILES if (base / name).exists()]
+    if not present:
+        return
+    if encoder_trained:
+        log.warning("export full: the encoder was trained, so the base's CTC head (%s) no longer fits it and is "
+                    "left out; the exported model decodes with the LM alone", ", ".join(present))
+        return
+    for name in present:
+        shutil.copy2(base / name, out / name)
