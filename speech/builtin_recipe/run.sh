@@ -81,7 +81,7 @@ python -m speech.builtin_recipe.ship --from $W/stage3s/model --to speech/builtin
 # voices, Asterisk, the 6 unseen voices; ~15 min)
 python -m speech.builtin_recipe.tune_ctc --model speech/builtin/model --manifest $D/tts_espeak/dev.jsonl \
     --manifest $D/asterisk_en/dev.jsonl --manifest $D/dev_unseen/dev.jsonl --clips 60 --weights 0.5 0.7 1.0 \
-    --ngram-weights 0.5 0.8 --word-bonuses 1 2 --beams 16 --write
+    --ngram-weights 0.3 0.5 0.8 --word-bonuses 1 2 --beams 16 --write
 bash speech/builtin_recipe/evaluate.sh
 # the Spanish adapter: espeak-ng es/es-419 voices speaking the Asterisk Spanish train prompts
 python -c "import json; seen = dict.fromkeys(json.loads(l)['text'] for l in open('$D/asterisk_es/train.jsonl')); \
