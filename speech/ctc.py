@@ -185,8 +185,9 @@ def prefix_beam_search(log_probs: torch.Tensor, length: int, chars: str, beam: i
 
     It runs in Python, written for the interpreter (locals, inlined log-add, plain floats): most
     slots are near-certain blanks that only carry each beam's two probabilities forward, and the
-    rest touch a few characters each, so a vectorized or compiled search would gain little over
-    this (measured: 2.4x faster than the straightforward version, same n-best lists).
+    rest touch a few characters each. That made it 1.4-1.8x faster than the textbook loop it
+    replaced, with the same n-best lists and scores; it is still about a fifth of decode time,
+    so a compiled search is the next step if speed matters more.
     """
     inf = math.inf
     log1p, exp = math.log1p, math.exp
