@@ -471,8 +471,8 @@ class SpeechModel(nn.Module):
         Each row's answers run on its prompt's K/V (`_prefill`), so scoring ten candidates costs
         ten short answers, not ten prompts. With a 4D-mask attention (sdpa, eager) a row's answers
         go in as one token tree: n-best candidates share most of their tokens, and a shared prefix
-        is computed once (half the tokens, on 48 of the built-in model's held-out clips). Flash attention
-        takes no tree mask, so there each answer runs on a copy of the prompt's K/V.
+        is computed once (half the tokens, on 48 of the built-in model's held-out clips). Flash
+        attention takes no tree mask, so there each answer runs on a copy of the prompt's K/V.
         """
         stop = self.stop_token_ids[0]
         ids = [self.tokenizer.encode(a, add_special_tokens=False) + [stop] for a in answers]

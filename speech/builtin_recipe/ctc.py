@@ -180,7 +180,8 @@ def main() -> None:
                                         "targets": args.targets, "upsample": upsample,
                                         "freeze_encoder": args.freeze_encoder, "init_head": str(args.init_head),
                                         "speed_perturb": args.speed_perturb, "specaugment": args.specaugment,
-                                        "vtlp": args.vtlp, "narrowband": args.narrowband, "final_loss_ema": ema, "history": history})
+                                        "vtlp": args.vtlp, "narrowband": args.narrowband,
+                                        "final_loss_ema": ema, "history": history})
             last_save = time.time()
         if done:
             break
