@@ -116,4 +116,4 @@ def vtlp_filters(mel: torch.Tensor, alpha: float, boundary_hz: float = 4800.0) -
     rows = torch.arange(bins)
     interp[rows, low] = 1 - frac
     interp[rows, low + 1] += frac
-    return (interp.to(mel.dtype).to(mel.device)) @ mel
+    return interp.to(mel) @ mel

@@ -122,11 +122,6 @@ def _logaddexp(a: float, b: float) -> float:
     return max(a, b) + math.log1p(math.exp(-abs(a - b)))
 
 
-def _grow(beams: dict, prefix: tuple[int, ...], p_blank: float = -math.inf, p_char: float = -math.inf) -> None:
-    old = beams.setdefault(prefix, [-math.inf, -math.inf])
-    old[0], old[1] = _logaddexp(old[0], p_blank), _logaddexp(old[1], p_char)
-
-
 class WordFusion:
     """Shallow fusion of a word n-gram into the prefix search (speech.ngram).
 

@@ -154,7 +154,7 @@ def test_ctc_weight_one_decodes_without_the_lm(tmp_path, monkeypatch):
     assert all(texts) and jiwer.wer(SENTENCES[:2], [t.lower().strip(" .,!?") for t in texts]) < 1.0
 
 
-def test_ctc_wer_tool_scores_the_shipped_head(tmp_path):
+def test_ctc_wer_tool_scores_the_shipped_head(builtin, tmp_path):
     """speech.builtin_recipe.ctc_wer (stage 2's check): the shipped head's greedy CTC hears an
     unseen voice (loose bound), and a wrong reference scores far worse."""
     import json
@@ -168,8 +168,8 @@ def test_ctc_wer_tool_scores_the_shipped_head(tmp_path):
                                 for i, (s, t) in enumerate(zip(SENTENCES, texts))))
         return str(path)
 
-    right, n = greedy_wer(builtin_path(), manifest("right", SENTENCES), clips=10)
-    wrong, _ = greedy_wer(builtin_path(), manifest("wrong", ["completely different words here"] * 3), clips=10)
+    right, n = greedy_wer(builtin, manifest("right", SENTENCES), clips=10)
+    wrong, _ = greedy_wer(builtin, manifest("wrong", ["completely different words here"] * 3), clips=10)
     assert n == len(SENTENCES) and right <= 0.6 and wrong > right + 0.3
 
 

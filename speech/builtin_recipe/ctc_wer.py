@@ -17,40 +17,28 @@ import torch
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from encoder.audio import load_audio
-from encoder.conformer import ConformerEncoder
-from encoder.features import LogMelFeatures
-from speech.checkpoint import AUDIO_PREFIX, read_spec
-from speech.ctc import load_ctc_head
+from speech.builtin_recipe.ctc import greedy_chars
 from speech.finetune.data import read_manifests
+from speech.model import SpeechModel
 
 
-def greedy_wer(model: Path, manifest: str, clips: int, batch_size: int = 8) -> tuple[float, int]:
-    """(WER, clips scored) of the head's greedy transcripts on the first `clips` of `manifest`."""
-    from safetensors.torch import load_file
-
-    spec = read_spec(model)
-    encoder = ConformerEncoder(spec.audio_config)
-    prefix = AUDIO_PREFIX + "encoder."
-    encoder.load_state_dict({k[len(prefix):]: v.float() for k, v in load_file(str(model / "model.safetensors")).items()
-                             if k.startswith(prefix)})
-    found = load_ctc_head(model, spec.audio_config.hidden_size, torch.device("cpu"))
-    if found is None:
-        raise SystemExit(f"error: {model} has no ctc_head.safetensors")
-    head, _ = found
-    encoder.eval()
+def greedy_wer(model: SpeechModel, manifest: str, clips: int, batch_size: int = 8) -> tuple[float, int]:
+    """(WER, clips scored) of `model`'s head read greedily on the first `clips` of `manifest`."""
+    head = model.ctc_head
+    if head is None:
+        raise SystemExit("error: the model folder has no ctc_head.safetensors")
     examples = [e for e in read_manifests([manifest]).examples if e.task.kind == "transcribe"][:clips]
-    featurizer, norm = LogMelFeatures(), EnglishTextNormalizer()
+    norm = EnglishTextNormalizer()
     refs, hyps = [], []
     with torch.inference_mode():
         for i in range(0, len(examples), batch_size):
             batch = examples[i: i + batch_size]
-            features, lengths = featurizer([load_audio(e.audio) for e in batch])
-            log_probs, slots = head(*encoder(features, lengths))
-            for e, lp, n in zip(batch, log_probs, slots.tolist()):
-                best = lp[:n].argmax(-1).tolist()
-                chars = [c for k, c in enumerate(best) if c != head.blank and (k == 0 or c != best[k - 1])]
+            features, lengths = model.features([load_audio(e.audio) for e in batch])
+            states, lengths = model.encoder(features.to(model.dtype), lengths)
+            log_probs, slots = head(states.float(), lengths)
+            for e, lp, n in zip(batch, log_probs.cpu(), slots.tolist()):
                 refs.append(norm(e.answer))
-                hyps.append(norm("".join(head.chars[c] for c in chars)))
+                hyps.append(norm(greedy_chars(lp, n, head.blank)))
     keep = [(r, h) for r, h in zip(refs, hyps) if r.strip()]
     return jiwer.wer([r for r, _ in keep], [h for _, h in keep]), len(keep)
 
@@ -61,10 +49,11 @@ def main() -> None:
     parser.add_argument("--manifest", required=True, action="append")
     parser.add_argument("--clips", type=int, default=90, help="the first this many clips of each manifest")
     args = parser.parse_args()
-    for model in args.model:
+    for folder in args.model:
+        model = SpeechModel.load(folder)
         for manifest in args.manifest:
             wer, n = greedy_wer(model, manifest, args.clips)
-            print(f"{model}\t{manifest}\t{n} clips\tCTC greedy WER {100 * wer:.2f} %")
+            print(f"{folder}\t{manifest}\t{n} clips\tCTC greedy WER {100 * wer:.2f} %")
 
 
 if __name__ == "__main__":
