@@ -75,6 +75,18 @@ python -m speech.builtin_recipe.mix --out $D/stage3s/train.jsonl $D/tts_espeak/t
     $D/tts_flite/train.jsonl:3000 $D/tts_festival/train.jsonl:1000 $D/tts_espeak_more/train.jsonl:2000 \
     $D/asterisk_en/train.jsonl:x8 $D/asterisk_es/train.jsonl:x4 $D/asterisk_fr/train.jsonl:x4
 speechlora finetune speech/builtin_recipe/stage3s.yaml
+# stage 2g: 2f's mix again, longer (Asterisk dev was still improving at 2f's end; ~57 min)
+python -m speech.builtin_recipe.ctc --model $W/stage2f --out $W/stage2g --init-head $W/stage2f/ctc_head.safetensors \
+    --manifest $D/tts_espeak/train.jsonl --manifest $D/tts_flite/train.jsonl --manifest $D/tts_festival/train.jsonl \
+    --manifest $D/tts_espeak_more/train.jsonl "${AST[@]}" --lr 1.5e-4 --warmup 30 --steps 2000 --max-minutes 60 \
+    --speed-perturb 0.1 --specaugment --vtlp 0.12 --narrowband 0.3 --seed 11
+# the two most natural training voices (flite awb, kal16) at five mean pitches (95-240 Hz): with
+# VTLP and speed perturbation, higher-pitched speakers than any natural voice in the data (~32 min)
+: > $D/voices_flite_pitch.txt
+for v in awb kal16; do for p in 95 150 180 210 240; do for r in 0.9 1.0 1.15; do
+    echo "flite:$v,rate=$r,pitch=$p" >> $D/voices_flite_pitch.txt; done; done; done
+speechlora data tts $D/sentences_flite.txt --voices-file $D/voices_flite_pitch.txt --voices-per-sentence 1 \
+    --splits train --dev 0 --test 0 --out $D/tts_flite_pitch --speed 0.9,1.0,1.1 --noise-prob 0.3 --snr 10:30 --jobs 1 --seed 1
 python -m speech.builtin_recipe.ship --from $W/stage3s/model --to speech/builtin/model \
     --ctc-head $W/stage2f/ctc_head.safetensors --lexicon-from $W/text/lm.txt --ngram-from $W/text/lm.txt
 # the decoding weights (CTC/LM, word n-gram, word bonus) and beam, chosen on dev clips (training
