@@ -310,16 +310,27 @@ def test_bad_configs_are_refused_with_one_line(reference, tiny_native, corpus, t
 
 
 def test_graft_swaps_only_the_encoder(tmp_path):
-    """speech.builtin_recipe.graft: the base model keeps its LM, projector and LoRA; the encoder
-    is the donor's, and the result loads. Mismatched encoders are refused, not half-copied."""
+    """speech.builtin_recipe.graft: the base model keeps its LM, projector, LoRA and word list; the
+    encoder and its CTC head are the donor's (a donor without a head leaves none: the base's was
+    trained on the old encoder), and the result loads. Mismatched encoders are refused, not
+    half-copied."""
     from speech.builtin_recipe.graft import graft
     from speech.model import SpeechModel
     from speech.tiny import TinyDims, write_tiny_checkpoint
 
     base = write_tiny_checkpoint(tmp_path / "base", seed=0)
     donor = write_tiny_checkpoint(tmp_path / "donor", seed=1)
+    _write_ctc_files(base)
+    _write_ctc_files(donor)
     out = tmp_path / "grafted"
     assert graft(base, donor, out) > 0
+    assert (out / "ctc_head.safetensors").read_bytes() == (donor / "ctc_head.safetensors").read_bytes()
+    assert (out / "ctc_head.safetensors").read_bytes() != (base / "ctc_head.safetensors").read_bytes()
+    assert (out / "lexicon.txt").read_text() == "hello\nworld\n"
+    (donor / "ctc_head.safetensors").unlink()
+    assert graft(base, donor, tmp_path / "headless") > 0
+    assert not (tmp_path / "headless" / "ctc_head.safetensors").exists()
+    assert SpeechModel.load(tmp_path / "headless").ctc_head is None
     grafted, b, d = SpeechModel.load(out), SpeechModel.load(base), SpeechModel.load(donor)
     for (name, p), q, r in zip(grafted.encoder.state_dict().items(), d.encoder.state_dict().values(),
                                b.encoder.state_dict().values()):

@@ -4,6 +4,10 @@ Why: the encoder can keep training with CTC (stage 2b) after stage 3 has fitted 
 and speech LoRA to it. Grafting the newer encoder onto the stage-3 model and giving stage 3 a
 short refresh (`stage3r.yaml`) is much cheaper than redoing stage 3 from scratch.
 
+The CTC head goes with the encoder it was trained on: the donor's ``ctc_head.safetensors`` replaces
+the model's (a head left from the old encoder would decode the new one's states wrongly), and
+without a donor head the model's is dropped. The word list and n-gram are the text's, and stay.
+
     python -m speech.builtin_recipe.graft --model work/builtin/stage3b/model \\
         --encoder-from work/builtin/stage2b --out work/builtin/stage3b_graft
 """
@@ -16,7 +20,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from speech.checkpoint import AUDIO_PREFIX
+from speech.checkpoint import AUDIO_PREFIX, CTC_FILES
+
+HEAD_FILE = CTC_FILES[0]
 
 ENCODER = AUDIO_PREFIX + "encoder."
 
@@ -36,6 +42,9 @@ def graft(model: Path, encoder_from: Path, out: Path) -> int:
         shutil.rmtree(out)
     shutil.copytree(model, out, ignore=shutil.ignore_patterns("model.safetensors"))
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / HEAD_FILE).unlink(missing_ok=True)
+    if (encoder_from / HEAD_FILE).exists():
+        shutil.copyfile(encoder_from / HEAD_FILE, out / HEAD_FILE)
     return len(donor)
 
 

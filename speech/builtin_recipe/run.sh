@@ -87,8 +87,22 @@ for v in awb kal16; do for p in 95 150 180 210 240; do for r in 0.9 1.0 1.15; do
     echo "flite:$v,rate=$r,pitch=$p" >> $D/voices_flite_pitch.txt; done; done; done
 speechlora data tts $D/sentences_flite.txt --voices-file $D/voices_flite_pitch.txt --voices-per-sentence 1 \
     --splits train --dev 0 --test 0 --out $D/tts_flite_pitch --speed 0.9,1.0,1.1 --noise-prob 0.3 --snr 10:30 --jobs 1 --seed 1
-python -m speech.builtin_recipe.ship --from $W/stage3s/model --to speech/builtin/model \
-    --ctc-head $W/stage2f/ctc_head.safetensors --lexicon-from $W/text/lm.txt --ngram-from $W/text/lm.txt
+# stage 2h: from 2g with the pitched flite clips at twice their share (~29 min); then stage 3t refits
+# the projector and LoRA once more (stage3t.yaml: 3s's mix + 2,000 pitched clips; ~10 min)
+python -m speech.builtin_recipe.ctc --model $W/stage2g --out $W/stage2h --init-head $W/stage2g/ctc_head.safetensors \
+    --manifest $D/tts_espeak/train.jsonl --manifest $D/tts_flite/train.jsonl --manifest $D/tts_festival/train.jsonl \
+    --manifest $D/tts_flite_pitch/train.jsonl --manifest $D/tts_flite_pitch/train.jsonl \
+    --manifest $D/tts_espeak_more/train.jsonl "${AST[@]}" --lr 1.2e-4 --warmup 30 --steps 1000 --max-minutes 30 \
+    --speed-perturb 0.1 --specaugment --vtlp 0.12 --narrowband 0.3 --seed 12
+python -m speech.builtin_recipe.ctc_wer --model $W/stage2f --model $W/stage2g --model $W/stage2h \
+    --manifest $D/dev_unseen/dev.jsonl --manifest $D/asterisk_en/dev.jsonl --manifest $D/tts_espeak/dev.jsonl
+python -m speech.builtin_recipe.graft --model $W/stage3s/model --encoder-from $W/stage2h --out $W/stage3s_graft
+python -m speech.builtin_recipe.mix --out $D/stage3t/train.jsonl $D/tts_espeak/train.jsonl:8000 \
+    $D/tts_flite/train.jsonl:3000 $D/tts_flite_pitch/train.jsonl:2000 $D/tts_festival/train.jsonl:1000 \
+    $D/tts_espeak_more/train.jsonl:2000 $D/asterisk_en/train.jsonl:x8 $D/asterisk_es/train.jsonl:x4 $D/asterisk_fr/train.jsonl:x4
+speechlora finetune speech/builtin_recipe/stage3t.yaml
+python -m speech.builtin_recipe.ship --from $W/stage3t/model --to speech/builtin/model \
+    --ctc-head $W/stage2h/ctc_head.safetensors --lexicon-from $W/text/lm.txt --ngram-from $W/text/lm.txt
 # the decoding weights (CTC/LM, word n-gram, word bonus) and beam, chosen on dev clips (training
 # voices, Asterisk, the 6 unseen voices; ~15 min)
 python -m speech.builtin_recipe.tune_ctc --model speech/builtin/model --manifest $D/tts_espeak/dev.jsonl \
