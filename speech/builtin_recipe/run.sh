@@ -2,7 +2,7 @@
 # The built-in model end to end: text -> tokenizer + LM (stage 1) -> speech corpora -> stage 2
 # (encoder, character CTC) -> stage 3 (projector + fresh speech LoRA on task prompts, encoder and
 # LM frozen) -> speech/builtin/model (fp16) -> eval (with pocketsphinx beside it) -> Spanish
-# adapter. About 6.5 hours on 2 CPU cores.
+# adapter. About 8.5 hours on 2 CPU cores.
 #   bash speech/builtin_recipe/run.sh            (from the repository root, after setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -104,7 +104,7 @@ speechlora finetune speech/builtin_recipe/stage3t.yaml
 python -m speech.builtin_recipe.ship --from $W/stage3t/model --to speech/builtin/model \
     --ctc-head $W/stage2h/ctc_head.safetensors --lexicon-from $W/text/lm.txt --ngram-from $W/text/lm.txt
 # the decoding weights (CTC/LM, word n-gram, word bonus) and beam, chosen on dev clips (training
-# voices, Asterisk, the 6 unseen voices; ~15 min)
+# voices, Asterisk, the 6 unseen voices; ~4 min)
 python -m speech.builtin_recipe.tune_ctc --model speech/builtin/model --manifest $D/tts_espeak/dev.jsonl \
     --manifest $D/asterisk_en/dev.jsonl --manifest $D/dev_unseen/dev.jsonl --clips 60 --weights 0.5 0.7 1.0 \
     --ngram-weights 0.3 0.5 0.8 --word-bonuses 1 2 --beams 16 --write
