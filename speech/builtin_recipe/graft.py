@@ -20,9 +20,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from speech.checkpoint import AUDIO_PREFIX, CTC_FILES
-
-HEAD_FILE = CTC_FILES[0]
+from speech.checkpoint import AUDIO_PREFIX
+from speech.ctc import HEAD_FILE
 
 ENCODER = AUDIO_PREFIX + "encoder."
 
