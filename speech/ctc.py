@@ -45,6 +45,7 @@ from torch import nn
 
 from speech.checkpoint import CTC_FILES
 from speech.ngram import BOS, EOS, WordNgram
+from speech.numbers import spell_numbers
 
 HEAD_FILE, LEXICON_FILE, NGRAM_FILE = CTC_FILES
 
@@ -98,8 +99,8 @@ def load_fusion(root: Path, chars: str, settings: dict[str, float]) -> WordFusio
 
 
 def _normalize(text: str, chars: str) -> str:
-    """What CTC can hear of a piece of text: lower-cased, accents stripped, the rest spaces."""
-    text = unicodedata.normalize("NFKD", text.lower())
+    """What CTC can hear of a piece of text: numbers spelled, lower-cased, accents stripped, the rest spaces."""
+    text = unicodedata.normalize("NFKD", spell_numbers(text).lower())
     text = "".join(c for c in text if not unicodedata.combining(c))
     return "".join(c if c in chars else " " for c in text)
 
@@ -397,7 +398,7 @@ def build_lexicon(lines, chars: str) -> list[str]:
     casing: Counter[str] = Counter()
     for line in lines:
         initial = True
-        for token in line.split():
+        for token in spell_numbers(line).split():
             form = token.strip(".,;:!?\"()[]{}<>*_-`")
             key = _normalize(form, chars).strip()
             if form and key and " " not in key:

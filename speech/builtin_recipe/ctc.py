@@ -39,6 +39,7 @@ from encoder.audio import load_audio
 from encoder.conformer import ConformerEncoder
 from encoder.features import LogMelFeatures
 from speech.checkpoint import AUDIO_PREFIX, read_spec
+from speech.ctc import char_ids as spelled_ids
 from speech.finetune.data import read_manifests
 from speech.model import load_tokenizer
 
@@ -60,9 +61,9 @@ CHARS = " 'abcdefghijklmnopqrstuvwxyz"
 
 
 def char_ids(text: str) -> list[int]:
-    """Lower-cased letters, apostrophes and single spaces as ids 0..27; everything else dropped."""
-    kept = "".join(c if c in CHARS else " " for c in text.lower())
-    return [CHARS.index(c) for c in " ".join(kept.split())]
+    """The head's targets: numbers spelled, lower-cased letters, apostrophes and single spaces as
+    ids 0..27 (speech.ctc.char_ids, the spelling the decoder and the lexicon use)."""
+    return spelled_ids(text, CHARS)
 
 
 def greedy_chars(log_probs: torch.Tensor, length: int, blank: int) -> str:
@@ -101,6 +102,9 @@ def main() -> None:
     parser.add_argument("--vtlp", type=float, default=0.0, metavar="F",
                         help="vocal tract length perturbation: warp each clip's frequencies by a random "
                              "factor in [1-F, 1+F] (e.g. 0.12: new speakers from the few natural voices)")
+    parser.add_argument("--vtlp-shift", type=float, default=0.0, metavar="S",
+                        help="centre the VTLP range on 1+S instead of 1 (e.g. 0.05: more shorter vocal "
+                             "tracts, since the natural training voices are all men's)")
     parser.add_argument("--narrowband", type=float, default=0.0, metavar="P",
                         help="share of clips band-limited to telephone speech (to 8 kHz and back), like the "
                              "Asterisk prompts and real call audio")
@@ -144,7 +148,8 @@ def main() -> None:
         audios = [narrowband(perturb(load_audio(e.audio), args.speed_perturb, rng), args.narrowband, rng)
                   for e in batch]
         labels = [encode(e.answer) for e in batch]
-        warp = [1.0 + rng.uniform(-args.vtlp, args.vtlp) for _ in batch] if args.vtlp > 0 else None
+        warp = ([1.0 + args.vtlp_shift + rng.uniform(-args.vtlp, args.vtlp) for _ in batch]
+                if args.vtlp > 0 else None)
         features, lengths = featurizer(audios, warp=warp)
         if args.specaugment:
             features = spec_augment(features, lengths, rng)
@@ -180,7 +185,7 @@ def main() -> None:
                                         "targets": args.targets, "upsample": upsample,
                                         "freeze_encoder": args.freeze_encoder, "init_head": str(args.init_head),
                                         "speed_perturb": args.speed_perturb, "specaugment": args.specaugment,
-                                        "vtlp": args.vtlp, "narrowband": args.narrowband,
+                                        "vtlp": args.vtlp, "vtlp_shift": args.vtlp_shift, "narrowband": args.narrowband,
                                         "final_loss_ema": ema, "history": history})
             last_save = time.time()
         if done:
