@@ -74,7 +74,8 @@ def head_metadata(path: Path) -> dict[str, str]:
 def decode_settings(meta: dict[str, str]) -> dict[str, float]:
     """The tuned decoding settings in a head's metadata, with the defaults for a head never tuned."""
     return {"decode_weight": float(meta.get("decode_weight", 0.5)), "beam": int(meta.get("beam", 8)),
-            "ngram_weight": float(meta.get("ngram_weight", 0.5)), "word_bonus": float(meta.get("word_bonus", 1.0))}
+            "ngram_weight": float(meta.get("ngram_weight", 0.5)), "word_bonus": float(meta.get("word_bonus", 1.0)),
+            "empty_margin": float(meta.get("empty_margin", "inf"))}
 
 
 def load_ctc_head(root: Path, hidden_size: int, device: torch.device) -> tuple[CTCHead, dict[str, float]] | None:

@@ -179,6 +179,12 @@ class SpeechModel(nn.Module):
         self.respell_keep = 2
         self.ctc_prune = -5.0  # characters below this log-prob in a slot are not tried there
         self.ctc_lm_candidate = False
+        # The empty transcript stays a candidate (silence must not get a sentence) unless CTC is
+        # sure something was said: its all-blank path more than this many nats below its best
+        # spelling. The LM alone rates "" far above any sentence it finds odd ("truncating audio":
+        # -7.5 vs -52 nats), so without a bound short or unusual prompts lose to silence. Tuned
+        # per head (tune_ctc, `empty_margin`); inf (a head never tuned) is the old behaviour.
+        self.ctc_empty_margin = math.inf
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -229,7 +235,7 @@ class SpeechModel(nn.Module):
         head = load_ctc_head(root, spec.audio_config.hidden_size, dev)
         if head is not None:
             model.ctc_head, settings = head
-            model.ctc_beam = settings["beam"]
+            model.ctc_beam, model.ctc_empty_margin = settings["beam"], settings["empty_margin"]
             model.lexicon = Lexicon.load(root, model.ctc_head.chars)
             model.fusion = load_fusion(root, model.ctc_head.chars, settings)
             model.ctc_weight = ctc_weight if ctc_weight is not None else (0.0 if adapter else settings["decode_weight"])
@@ -287,6 +293,7 @@ class SpeechModel(nn.Module):
         if self.ctc_head is None or self.ctc_weight == 0:
             return {"method": "greedy"}
         out = {"method": "ctc-rescoring", "ctc_weight": self.ctc_weight, "beam": self.ctc_beam,
+               "empty_margin": None if math.isinf(self.ctc_empty_margin) else self.ctc_empty_margin,
                "lexicon": len(self.lexicon.surface) if self.lexicon else None, "ngram": None}
         if self.fusion is not None:
             out["ngram"] = {"order": self.fusion.ngram.order, "words": len(self.fusion.ngram.vocabulary),
@@ -390,7 +397,8 @@ class SpeechModel(nn.Module):
                                        prune=self.ctc_prune, fusion=self.fusion)
             write = self.lexicon.write if self.lexicon else (lambda t: t[:1].upper() + t[1:])
             lm_text = [texts[row]] if self.ctc_lm_candidate else []
-            proposals[row] = lm_text + [write(t) for t, _ in nbest[: self.ctc_rescore_top]] + [""]
+            empty = [""] if self._empty_allowed(log_probs[row], int(slots[row]), nbest) else []
+            proposals[row] = lm_text + [write(t) for t, _ in nbest[: self.ctc_rescore_top]] + empty
         prefill = self._prefill(embeds, mask) if self.ctc_weight < 1 else None  # w = 1: the LM is not asked
         best = self._best_of(proposals, log_probs, slots, prefill)
         for _ in range(self.respell_passes if self.lexicon is not None else 0):
@@ -425,6 +433,14 @@ class SpeechModel(nn.Module):
                         words[i: i + n] = [w] + [""] * (n - 1)
                 best[row] = (base, " ".join(w for w in words if w))
         return [best[i][1] if i in best else t for i, t in enumerate(texts)]
+
+    def _empty_allowed(self, log_probs: torch.Tensor, slots: int, nbest: list[tuple[str, float]]) -> bool:
+        """Whether "" is a candidate: yes unless CTC's all-blank path is more than
+        `ctc_empty_margin` below its best spelling's (see __init__)."""
+        if not nbest or math.isinf(self.ctc_empty_margin):
+            return True
+        best, empty = sequence_log_probs(log_probs, slots, [nbest[0][0], ""], self.ctc_head.chars)
+        return empty >= best - self.ctc_empty_margin
 
     def _score(self, proposals: dict[int, list[str]], log_probs, slots, prefill: tuple,
                dedupe: bool = True) -> dict[int, list[tuple[float, str]]]:

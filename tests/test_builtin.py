@@ -81,6 +81,36 @@ def test_silence_is_an_empty_transcript_with_ctc(builtin):
     assert builtin.generate([np.zeros(32_000, dtype=np.float32)]) == [""]
 
 
+def test_empty_candidate_only_where_ctc_allows_silence(builtin, tmp_path):
+    """With a finite `ctc_empty_margin` "" is dropped where CTC is sure of speech, kept in silence."""
+    import numpy as np
+
+    from encoder.audio import load_audio
+
+    speech = load_audio(espeak("hello", tmp_path / "hello.wav", voice="en-us+m8"))
+    silence = np.zeros(32_000, dtype=np.float32)
+    saved = builtin.ctc_empty_margin
+    try:
+        builtin.ctc_empty_margin = 5.0
+        import torch
+
+        from speech.ctc import prefix_beam_search
+
+        with torch.inference_mode():
+            features, frames = builtin.features([speech, silence])
+            states, lengths = builtin.encoder(features.to(builtin.dtype), frames)
+            log_probs, slots = builtin.ctc_head(states.float(), lengths)
+
+        allowed = [builtin._empty_allowed(log_probs[i], int(slots[i]),
+                                          prefix_beam_search(log_probs[i], int(slots[i]), builtin.ctc_head.chars))
+                   for i in range(2)]
+        assert allowed == [False, True]
+        texts = builtin.generate([speech, silence])
+        assert texts[0] and texts[1] == ""
+    finally:
+        builtin.ctc_empty_margin = saved
+
+
 def test_adapter_turns_ctc_off_and_bad_weights_are_refused():
     adapter = builtin_path().parent / "adapters" / "spanish"
     assert SpeechModel.load(adapter=adapter).ctc_weight == 0  # a new language: not the head's alphabet

@@ -344,3 +344,12 @@ def test_graft_swaps_only_the_encoder(tmp_path):
     with pytest.raises(SystemExit, match="error"):
         graft(base, other, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_adapter_names_its_base_without_the_training_machine_path(tmp_path):
+    """peft's base_model_name_or_path: a user's folder as given; the built-in model by name."""
+    from speech.finetune.trainer import _base_name
+    from speech.model import builtin_path
+
+    assert _base_name(builtin_path()) == "speechlora/builtin"
+    assert _base_name(tmp_path / "phi4") == str(tmp_path / "phi4")

@@ -18,6 +18,7 @@ import argparse
 import itertools
 import json
 import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -36,9 +37,9 @@ log = logging.getLogger("speech.builtin_recipe.tune_ctc")
 
 
 def store_weight(model_dir: Path, weight: float, beam: int, record: dict, ngram_weight: float | None = None,
-                 word_bonus: float | None = None) -> None:
-    """Rewrite the head file with `decode_weight`, `beam` (and the n-gram's `ngram_weight` and
-    `word_bonus`) and how they were chosen in its metadata."""
+                 word_bonus: float | None = None, empty_margin: float = math.inf) -> None:
+    """Rewrite the head file with `decode_weight`, `beam` (the n-gram's `ngram_weight` and
+    `word_bonus`, the empty candidate's `empty_margin`) and how they were chosen in its metadata."""
     path = model_dir / HEAD_FILE
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
@@ -46,6 +47,10 @@ def store_weight(model_dir: Path, weight: float, beam: int, record: dict, ngram_
     meta["decode_weight"], meta["beam"] = str(weight), str(beam)
     if ngram_weight is not None:
         meta["ngram_weight"], meta["word_bonus"] = str(ngram_weight), str(word_bonus)
+    if math.isinf(empty_margin):
+        meta.pop("empty_margin", None)
+    else:
+        meta["empty_margin"] = str(empty_margin)
     meta["decode_weight_tuning"] = json.dumps(record)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=meta)
@@ -62,6 +67,9 @@ def main() -> None:
     parser.add_argument("--ngram-weights", type=float, nargs="+", default=[0.5],
                         help="alpha: the word n-gram's weight (when the folder has ngram.arpa.gz)")
     parser.add_argument("--word-bonuses", type=float, nargs="+", default=[1.0], help="beta: a bonus per word")
+    parser.add_argument("--empty-margins", type=float, nargs="+", default=[math.inf],
+                        help="then, at the best of the grid: drop the empty candidate when CTC's all-blank "
+                             "path is this many nats below its best spelling (inf: never drop it)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--write", action="store_true", help="store the best weight in the head's metadata")
     args = parser.parse_args()
@@ -81,28 +89,45 @@ def main() -> None:
     model = SpeechModel.load(args.model)
     fusions = [(a, b) for a in args.ngram_weights for b in args.word_bonuses] if model.fusion else [(None, None)]
     results: dict[tuple, float] = {}
+
+    def dev_wer() -> tuple[float, int, float]:
+        start, hyps = time.perf_counter(), []
+        for i in range(0, len(audios), args.batch_size):
+            hyps += model.generate(audios[i: i + args.batch_size])
+        keep = [(r, norm(h)) for r, h in zip(refs, hyps) if r.strip()]
+        error = jiwer.wer([r for r, _ in keep], [h for _, h in keep])
+        return round(100 * error, 2), len(keep), time.perf_counter() - start
+
     for beam, weight, (alpha, beta) in itertools.product(args.beams, args.weights, fusions):
         if weight == 0 and (beam, alpha, beta) != (args.beams[0], *fusions[0]):
             continue  # weight 0 is the LM alone: the beam and the n-gram do not matter
         model.ctc_weight, model.ctc_beam = weight, beam
         if model.fusion:
             model.fusion = WordFusion(model.fusion.ngram, model.fusion.chars, alpha, beta)
-        start, hyps = time.perf_counter(), []
-        for i in range(0, len(audios), args.batch_size):
-            hyps += model.generate(audios[i: i + args.batch_size])
-        keep = [(r, norm(h)) for r, h in zip(refs, hyps) if r.strip()]
-        error = jiwer.wer([r for r, _ in keep], [h for _, h in keep])
-        results[(weight, beam, alpha, beta)] = round(100 * error, 2)
+        model.ctc_empty_margin = math.inf
+        error, n, seconds = dev_wer()
+        results[(weight, beam, alpha, beta)] = error
         log.info("weight %.2f beam %d ngram %s bonus %s: dev WER %.2f %% (%d clips, %.1f s)", weight, beam, alpha,
-                 beta, 100 * error, len(keep), time.perf_counter() - start)
+                 beta, error, n, seconds)
     weight, beam, alpha, beta = min(results, key=results.get)
     log.info("best: weight %.2f, beam %d, ngram weight %s, word bonus %s (dev WER %.2f %%)", weight, beam, alpha, beta,
              results[(weight, beam, alpha, beta)])
+    margins = {math.inf: results[(weight, beam, alpha, beta)]}
+    model.ctc_weight, model.ctc_beam = weight, beam
+    if model.fusion:
+        model.fusion = WordFusion(model.fusion.ngram, model.fusion.chars, alpha, beta)
+    for margin in (m for m in args.empty_margins if m not in margins) if weight > 0 else ():
+        model.ctc_empty_margin = margin
+        margins[margin], n, seconds = dev_wer()
+        log.info("  empty margin %s: dev WER %.2f %% (%.1f s)", margin, margins[margin], seconds)
+    margin = min(margins, key=lambda m: (margins[m], m != math.inf, -m))  # ties: the old rule, then the wider
+    log.info("empty candidate margin: %s (dev WER %.2f %%)", margin, margins[margin])
     if args.write:
         record = {"manifests": args.manifest, "clips": len(examples),
                   "dev_wer": {f"w={w} beam={b}" + (f" alpha={a} beta={c}" if a is not None else ""): v
-                              for (w, b, a, c), v in results.items()}}
-        store_weight(args.model, weight, beam, record, alpha, beta)
+                              for (w, b, a, c), v in results.items()},
+                  "empty_margin_dev_wer": {str(m): v for m, v in margins.items()}}
+        store_weight(args.model, weight, beam, record, alpha, beta, margin)
         log.info("stored the settings in %s", args.model / HEAD_FILE)
 
 

@@ -42,7 +42,7 @@ from speech.finetune import export as exporting
 from speech.finetune.config import FinetuneConfig, differences, fingerprint
 from speech.finetune.data import IGNORE, Corpus, MicroBatches, Tokens, loader, plan_epoch, read_manifests, \
     validation_batches
-from speech.model import SpeechModel, lora_target_names
+from speech.model import SpeechModel, builtin_path, lora_target_names
 
 log = logging.getLogger("speech.finetune")
 
@@ -50,6 +50,12 @@ STATE_FILE = "trainer_state.json"
 TRAINABLE_FILE = "trainable.safetensors"
 LOG_FILE = "log.jsonl"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _base_name(path: Path) -> str:
+    """adapter_config.json's base_model_name_or_path: the folder trained on, as peft records it,
+    except that the built-in model is named, not located (its path is the training machine's)."""
+    return "speechlora/builtin" if Path(path).resolve() == builtin_path() else str(path)
 
 
 class Trainee(nn.Module):
@@ -628,7 +634,8 @@ class Trainer:
             spec = self.speech.spec
             dtype = exporting.base_dtype(spec)
             lora_config = (exporting.adapter_config(self.lora["r"], self.lora["alpha"], self.lora["dropout"],
-                                                    self.lora["target_modules"], str(spec.path)) if self.lora else None)
+                                                    self.lora["target_modules"], _base_name(spec.path))
+                           if self.lora else None)
             info = self._training_info(chosen)
             if config.export == "adapter":
                 out = exporting.write_adapter(self.output_dir / "adapter", lora, lora_config, audio, info, dtype)
