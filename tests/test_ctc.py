@@ -110,3 +110,25 @@ def test_lexicon_writes_and_respells_ctc_text():
     assert (1, 1, "programmer will") in split
     joined = lexicon.respellings("the grou nd was dry")
     assert any(i == 1 and n == 2 and w == "ground" for i, n, w in joined)
+
+
+def test_tuned_settings_round_trip_through_the_head_file(tmp_path):
+    """tune_ctc writes its choices into ctc_head.safetensors; load reads them (inf margin = absent)."""
+    import math
+
+    import torch
+    from safetensors.torch import save_file
+
+    from speech.builtin_recipe.tune_ctc import store_weight
+    from speech.ctc import HEAD_FILE, decode_settings, head_metadata
+
+    save_file({"weight": torch.zeros(6, 4), "bias": torch.zeros(6)}, str(tmp_path / HEAD_FILE),
+              metadata={"chars": " ab", "upsample": "1"})
+    assert decode_settings(head_metadata(tmp_path / HEAD_FILE))["empty_margin"] == math.inf
+    store_weight(tmp_path, 0.5, 16, {"dev_wer": {}}, 0.3, 2.0, 10.0)
+    meta = head_metadata(tmp_path / HEAD_FILE)
+    assert meta["chars"] == " ab"
+    assert decode_settings(meta) == {"decode_weight": 0.5, "beam": 16, "ngram_weight": 0.3, "word_bonus": 2.0,
+                                     "empty_margin": 10.0}
+    store_weight(tmp_path, 0.7, 8, {"dev_wer": {}}, 0.3, 2.0)
+    assert decode_settings(head_metadata(tmp_path / HEAD_FILE))["empty_margin"] == math.inf
