@@ -5,9 +5,10 @@ the head to emit nothing for a spoken "three" (the Asterisk prompts are full of 
 taught the word n-gram that "press" is followed by "to". Every text that becomes CTC targets, a
 lexicon or n-gram counts goes through `spell_numbers` first. English only: the head's alphabet is.
 
-Cardinals, ordinals ("11th" -> "eleventh"), thousands separators and decimals ("2.5" -> "two point
-five"); a year reads as a cardinal ("1999" -> "one thousand nine hundred ninety nine"), a choice
-the Whisper normalizer scores as equal to "nineteen ninety nine" since both become digits.
+Cardinals, ordinals ("11th" -> "eleventh"), thousands separators, decimals ("2.5" -> "two point
+five") and percent; a bare four-digit number from 1100 to 1999 or 2010 to 2099 reads as a year
+("1988" -> "nineteen eighty eight", "1905" -> "nineteen oh five"), as a speaker (and espeak-ng)
+says it, so the n-gram learns the words a spoken year is made of.
 """
 
 from __future__ import annotations
@@ -52,11 +53,22 @@ def ordinal(n: int) -> str:
     return " ".join(words)
 
 
+def year(n: int) -> str:
+    """A year as said aloud: 1988 -> "nineteen eighty eight", 1900 -> "nineteen hundred",
+    1905 -> "nineteen oh five", 2024 -> "twenty twenty four"."""
+    high, low = divmod(n, 100)
+    if low == 0:
+        return cardinal(high) + " hundred"
+    return cardinal(high) + " " + (f"oh {_ONES[low]}" if low < 10 else cardinal(low))
+
+
 def _spell(match: re.Match) -> str:
     whole, decimals, suffix = match.group(1), match.group(2), match.group(3)
     n = int(whole.replace(",", ""))
     if n >= 10**15:  # a serial number or an account, not a quantity: digit by digit
         words = " ".join(_ONES[int(d)] for d in whole if d.isdigit())
+    elif len(whole) == 4 and not decimals and not suffix and (1100 <= n <= 1999 or 2010 <= n <= 2099):
+        words = year(n)
     else:
         words = ordinal(n) if suffix and not decimals else cardinal(n)
     if decimals:
@@ -68,6 +80,6 @@ def spell_numbers(text: str) -> str:
     """`text` with every number written out in English words (the rest unchanged)."""
     if not any(c.isdigit() for c in text):
         return text
-    text = _NUMBER.sub(_spell, text)
+    text = _NUMBER.sub(_spell, text).replace("%", " percent ")
     # Digits glued to letters ("mp3", "2x"): read each run as a cardinal.
     return _DIGITS.sub(lambda m: f" {cardinal(int(m.group()))} " if len(m.group()) < 16 else " ", text)

@@ -6,7 +6,7 @@ import pytest
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from speech.ctc import build_lexicon, char_ids, heard_words
-from speech.numbers import cardinal, ordinal, spell_numbers
+from speech.numbers import cardinal, ordinal, spell_numbers, year
 
 ALPHABET = " 'abcdefghijklmnopqrstuvwxyz"
 
@@ -30,11 +30,22 @@ def test_ordinal(n: int, words: str) -> None:
     assert ordinal(n) == words
 
 
+@pytest.mark.parametrize("n, words", [
+    (1988, "nineteen eighty eight"), (1900, "nineteen hundred"), (1905, "nineteen oh five"),
+    (2024, "twenty twenty four"), (1100, "eleven hundred"),
+])
+def test_year(n: int, words: str) -> None:
+    assert year(n) == words
+
+
 def test_spell_numbers_in_text() -> None:
     spelled = " ".join(spell_numbers("Press 1 to mute, 2 to lock; the 11th of 1,250 at 2.5 km, mp3.").split())
     assert spelled == ("Press one to mute, two to lock; the eleventh of one thousand two hundred fifty "
                        "at two point five km, mp three .")
     assert spell_numbers("no digits here") == "no digits here"
+    assert " ".join(spell_numbers("In 1988, 2005 and 2,024 people; 5% of 1999.5").split()) == (
+        "In nineteen eighty eight , two thousand five and two thousand twenty four people; five percent "
+        "of one thousand nine hundred ninety nine point five")
 
 
 def test_spelled_numbers_score_as_the_digits() -> None:
