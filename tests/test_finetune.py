@@ -353,3 +353,25 @@ def test_adapter_names_its_base_without_the_training_machine_path(tmp_path):
 
     assert _base_name(builtin_path()) == "speechlora/builtin"
     assert _base_name(tmp_path / "phi4") == str(tmp_path / "phi4")
+
+
+def test_ship_writes_a_loadable_fp16_folder_that_names_its_own_base(tiny_native, tmp_path):
+    """speech.builtin_recipe.ship: fp16 weights, the builtin flag, and a speech-lora config that does
+    not point at the training machine's folder."""
+    import torch
+    from safetensors.torch import load_file
+
+    from speech.builtin_recipe.ship import ship
+    from speech.model import SpeechModel
+
+    out = tmp_path / "shipped"
+    ship(tiny_native, out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["speechlora_builtin"] is True and config["torch_dtype"] == "float16"
+    lora = json.loads((out / "speech-lora" / "adapter_config.json").read_text())
+    assert lora["base_model_name_or_path"] == "speechlora/builtin"
+    assert lora["r"] == json.loads((tiny_native / "speech-lora" / "adapter_config.json").read_text())["r"]
+    weights = load_file(str(out / "model.safetensors"))
+    assert weights and all(t.dtype == torch.float16 for t in weights.values() if t.is_floating_point())
+    model = SpeechModel.load(out)
+    assert isinstance(model.generate([np.full(16000, 0.01, np.float32)])[0], str)

@@ -2,7 +2,7 @@
 # The built-in model end to end: text -> tokenizer + LM (stage 1) -> speech corpora -> stage 2
 # (encoder, character CTC) -> stage 3 (projector + fresh speech LoRA on task prompts, encoder and
 # LM frozen) -> speech/builtin/model (fp16) -> eval (with pocketsphinx beside it) -> Spanish
-# adapter. About 8.5 hours on 2 CPU cores.
+# adapter. About 9.5 hours on 2 CPU cores.
 #   bash speech/builtin_recipe/run.sh            (from the repository root, after setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -48,7 +48,10 @@ def ship(source: Path, target: Path, ctc_head: Path | None = None, lexicon_from:
             shutil.copy2(source / name, target / name)
     _half(source / "model.safetensors", target / "model.safetensors")
     _half(source / "speech-lora" / "adapter_model.safetensors", target / "speech-lora" / "adapter_model.safetensors")
-    shutil.copy2(source / "speech-lora" / "adapter_config.json", target / "speech-lora" / "adapter_config.json")
+    # The LoRA was trained on a folder of the training machine (a graft); the shipped one is its own base.
+    lora_config = json.loads((source / "speech-lora" / "adapter_config.json").read_text())
+    lora_config["base_model_name_or_path"] = "speechlora/builtin"
+    (target / "speech-lora" / "adapter_config.json").write_text(json.dumps(lora_config, indent=2))
     if ctc_head is not None:
         shutil.copy2(ctc_head, target / HEAD_FILE)
     if lexicon_from is not None:
