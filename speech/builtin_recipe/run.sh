@@ -89,10 +89,11 @@ speechlora data tts $D/sentences_flite.txt --voices-file $D/voices_flite_pitch.t
     --splits train --dev 0 --test 0 --out $D/tts_flite_pitch --speed 0.9,1.0,1.1 --noise-prob 0.3 --snr 10:30 --jobs 1 --seed 1
 # stage 2h: from 2g with the pitched flite clips at twice their share (~29 min); then stage 3t refits
 # the projector and LoRA once more (stage3t.yaml: 3s's mix + 2,000 pitched clips; ~10 min)
+PITCHED=(--manifest $D/tts_espeak/train.jsonl --manifest $D/tts_flite/train.jsonl --manifest $D/tts_festival/train.jsonl
+    --manifest $D/tts_flite_pitch/train.jsonl --manifest $D/tts_flite_pitch/train.jsonl
+    --manifest $D/tts_espeak_more/train.jsonl "${AST[@]}")  # stages 2h and 2i
 python -m speech.builtin_recipe.ctc --model $W/stage2g --out $W/stage2h --init-head $W/stage2g/ctc_head.safetensors \
-    --manifest $D/tts_espeak/train.jsonl --manifest $D/tts_flite/train.jsonl --manifest $D/tts_festival/train.jsonl \
-    --manifest $D/tts_flite_pitch/train.jsonl --manifest $D/tts_flite_pitch/train.jsonl \
-    --manifest $D/tts_espeak_more/train.jsonl "${AST[@]}" --lr 1.2e-4 --warmup 30 --steps 1000 --max-minutes 30 \
+    "${PITCHED[@]}" --lr 1.2e-4 --warmup 30 --steps 1000 --max-minutes 30 \
     --speed-perturb 0.1 --specaugment --vtlp 0.12 --narrowband 0.3 --seed 12
 python -m speech.builtin_recipe.ctc_wer --model $W/stage2f --model $W/stage2g --model $W/stage2h \
     --manifest $D/dev_unseen/dev.jsonl --manifest $D/asterisk_en/dev.jsonl --manifest $D/tts_espeak/dev.jsonl
@@ -105,9 +106,7 @@ speechlora finetune speech/builtin_recipe/stage3t.yaml
 # "three" was trained as silence) and VTLP centred on 1.05 (0.9-1.2: the natural voices are all
 # men's); ~52 min. Then graft onto 3t's model and refit the projector and LoRA (stage3u.yaml; ~7 min)
 python -m speech.builtin_recipe.ctc --model $W/stage2h --out $W/stage2i --init-head $W/stage2h/ctc_head.safetensors \
-    --manifest $D/tts_espeak/train.jsonl --manifest $D/tts_flite/train.jsonl --manifest $D/tts_festival/train.jsonl \
-    --manifest $D/tts_flite_pitch/train.jsonl --manifest $D/tts_flite_pitch/train.jsonl \
-    --manifest $D/tts_espeak_more/train.jsonl "${AST[@]}" --lr 1e-4 --warmup 30 --steps 1800 --max-minutes 52 \
+    "${PITCHED[@]}" --lr 1e-4 --warmup 30 --steps 1800 --max-minutes 52 \
     --speed-perturb 0.1 --specaugment --vtlp 0.15 --vtlp-shift 0.05 --narrowband 0.3 --seed 13
 python -m speech.builtin_recipe.ctc_wer --model $W/stage2h --model $W/stage2i \
     --manifest $D/dev_unseen/dev.jsonl --manifest $D/asterisk_en/dev.jsonl --manifest $D/tts_espeak/dev.jsonl

@@ -89,6 +89,12 @@ def main() -> None:
     model = SpeechModel.load(args.model)
     fusions = [(a, b) for a in args.ngram_weights for b in args.word_bonuses] if model.fusion else [(None, None)]
     results: dict[tuple, float] = {}
+    model.ctc_empty_margin = math.inf  # the grid runs with the old rule; margins are tried after it
+
+    def use(weight: float, beam: int, alpha: float | None, beta: float | None) -> None:
+        model.ctc_weight, model.ctc_beam = weight, beam
+        if model.fusion:
+            model.fusion = WordFusion(model.fusion.ngram, model.fusion.chars, alpha, beta)
 
     def dev_wer() -> tuple[float, int, float]:
         start, hyps = time.perf_counter(), []
@@ -101,10 +107,7 @@ def main() -> None:
     for beam, weight, (alpha, beta) in itertools.product(args.beams, args.weights, fusions):
         if weight == 0 and (beam, alpha, beta) != (args.beams[0], *fusions[0]):
             continue  # weight 0 is the LM alone: the beam and the n-gram do not matter
-        model.ctc_weight, model.ctc_beam = weight, beam
-        if model.fusion:
-            model.fusion = WordFusion(model.fusion.ngram, model.fusion.chars, alpha, beta)
-        model.ctc_empty_margin = math.inf
+        use(weight, beam, alpha, beta)
         error, n, seconds = dev_wer()
         results[(weight, beam, alpha, beta)] = error
         log.info("weight %.2f beam %d ngram %s bonus %s: dev WER %.2f %% (%d clips, %.1f s)", weight, beam, alpha,
@@ -113,10 +116,8 @@ def main() -> None:
     log.info("best: weight %.2f, beam %d, ngram weight %s, word bonus %s (dev WER %.2f %%)", weight, beam, alpha, beta,
              results[(weight, beam, alpha, beta)])
     margins = {math.inf: results[(weight, beam, alpha, beta)]}
-    model.ctc_weight, model.ctc_beam = weight, beam
-    if model.fusion:
-        model.fusion = WordFusion(model.fusion.ngram, model.fusion.chars, alpha, beta)
-    for margin in (m for m in args.empty_margins if m not in margins) if weight > 0 else ():
+    use(weight, beam, alpha, beta)
+    for margin in [m for m in args.empty_margins if m != math.inf] if weight > 0 else []:
         model.ctc_empty_margin = margin
         margins[margin], n, seconds = dev_wer()
         log.info("  empty margin %s: dev WER %.2f %% (%.1f s)", margin, margins[margin], seconds)
