@@ -3,6 +3,8 @@
 # `speechlora eval` at batch 8 on 2 threads, the full decoder and the LM alone (--ctc-weight 0),
 # alternating old/new for ROUNDS rounds. WER must come out equal if a change was meant to keep
 # the transcripts; RTFx is the ratio to read.
+# With OWN_MODEL=1 each revision decodes with its own speech/builtin/model (a change of the shipped
+# decoding settings, which live in the model folder); WER then differs and is the other figure.
 #   bash bench/compare_revisions.sh e6976ae [MANIFEST ...]   (default: held-out TTS test200 + Asterisk en test)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,10 +22,11 @@ trap 'git worktree remove --force "$OUT/old"; rm -rf "$OUT"' EXIT
 for round in $(seq "$ROUNDS"); do
   for code in old new; do
     dir=$OUT/old; [ $code = new ] && dir=$PWD
+    model=$MODEL; [ "${OWN_MODEL:-0}" = 1 ] && model=$dir/speech/builtin/model
     for w in default 0; do
       extra=(); [ $w = 0 ] && extra=(--ctc-weight 0)
       # run from the checkout: its own speech/ and encoder/ packages come first on sys.path
-      (cd "$dir" && "$PY" -m speech.cli eval --model "$MODEL" --model-id "x/$code-w$w" "${extra[@]}" \
+      (cd "$dir" && "$PY" -m speech.cli eval --model "$model" --model-id "x/$code-w$w" "${extra[@]}" \
           --manifest "${MANIFESTS[@]}" --output-dir "$OUT/$code-$w-r$round" --batch-size 8 --no-progress 2>&1 \
           | grep -E "RTFx = " | grep -v average | sed "s/^/round $round, $code, ctc weight $w: /")
     done

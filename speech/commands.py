@@ -98,7 +98,7 @@ def _decoding_line(root: Path) -> str:
     line = f"CTC rescoring (weight {settings['decode_weight']:g}, beam {settings['beam']})"
     if (root / NGRAM_FILE).exists():
         line += (f", word n-gram {NGRAM_FILE} (weight {settings['ngram_weight']:g}, "
-                 f"word bonus {settings['word_bonus']:g})")
+                 f"word bonus {settings['word_bonus']:g}, unknown-word penalty {settings['oov_penalty']:g})")
     if (root / LEXICON_FILE).exists():
         line += f", respelling with {LEXICON_FILE}"
     return line

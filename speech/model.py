@@ -297,7 +297,8 @@ class SpeechModel(nn.Module):
                "lexicon": len(self.lexicon.surface) if self.lexicon else None, "ngram": None}
         if self.fusion is not None:
             out["ngram"] = {"order": self.fusion.ngram.order, "words": len(self.fusion.ngram.vocabulary),
-                            "weight": self.fusion.alpha, "word_bonus": self.fusion.beta}
+                            "weight": self.fusion.alpha, "word_bonus": self.fusion.beta,
+                            "oov_penalty": self.fusion.oov_penalty}
         return out
 
     # ---- inputs --------------------------------------------------------------------------

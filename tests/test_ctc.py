@@ -125,10 +125,11 @@ def test_tuned_settings_round_trip_through_the_head_file(tmp_path):
     save_file({"weight": torch.zeros(6, 4), "bias": torch.zeros(6)}, str(tmp_path / HEAD_FILE),
               metadata={"chars": " ab", "upsample": "1"})
     assert decode_settings(head_metadata(tmp_path / HEAD_FILE))["empty_margin"] == math.inf
-    store_weight(tmp_path, 0.5, 16, {"dev_wer": {}}, 0.3, 2.0, 10.0)
+    assert decode_settings(head_metadata(tmp_path / HEAD_FILE))["oov_penalty"] == 0.0  # a head never tuned
+    store_weight(tmp_path, 0.5, 16, {"dev_wer": {}}, 0.3, 2.0, 10.0, 6.0)
     meta = head_metadata(tmp_path / HEAD_FILE)
     assert meta["chars"] == " ab"
     assert decode_settings(meta) == {"decode_weight": 0.5, "beam": 16, "ngram_weight": 0.3, "word_bonus": 2.0,
-                                     "empty_margin": 10.0}
+                                     "empty_margin": 10.0, "oov_penalty": 6.0}
     store_weight(tmp_path, 0.7, 8, {"dev_wer": {}}, 0.3, 2.0)
     assert decode_settings(head_metadata(tmp_path / HEAD_FILE))["empty_margin"] == math.inf

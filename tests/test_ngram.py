@@ -124,6 +124,26 @@ def test_fusion_prefers_known_words_over_a_near_spelling(corpus, tmp_path):
     assert abs(ctc_part - exact) < 0.1 < abs(fusion.text_score("the cat"))
 
 
+def test_oov_penalty_turns_an_unknown_spelling_into_a_known_word(corpus, tmp_path):
+    """CTC prefers "the cxt" (no such word); with the n-gram silent (alpha 0) only the OOV penalty
+    can flip it to "the cat", and it does so both in the search and in whole-text rescoring."""
+    path = tmp_path / "lm.arpa.gz"
+    build_arpa(corpus + [["the", "cat"]] * 5, path)
+    lm = WordNgram.load(path)
+    assert "cat" in lm.vocabulary and "cxt" not in lm.vocabulary
+    lp = _spell("the cxt")
+    x, a = CHARS.index("x"), CHARS.index("a")
+    slot = 2 * 5  # "c" is the fifth character, "x" the sixth
+    lp[slot, x], lp[slot, a] = math.log(0.5), math.log(0.2)
+    lp[slot] = torch.log_softmax(lp[slot], -1)
+    silent = WordFusion(lm, CHARS, alpha=0.0, beta=0.0)
+    assert prefix_beam_search(lp, len(lp), CHARS, beam=16, fusion=silent)[0][0] == "the cxt"
+    strict = WordFusion(lm, CHARS, alpha=0.0, beta=0.0, oov_penalty=5.0)
+    assert prefix_beam_search(lp, len(lp), CHARS, beam=16, fusion=strict)[0][0] == "the cat"
+    assert strict.text_score("the cxt") == pytest.approx(-5.0)
+    assert strict.text_score("the cat") == 0.0 == silent.text_score("the cxt")
+
+
 def test_fusion_with_zero_weights_is_plain_ctc(corpus, tmp_path):
     path = tmp_path / "lm.arpa.gz"
     build_arpa(corpus, path)

@@ -37,9 +37,9 @@ log = logging.getLogger("speech.builtin_recipe.tune_ctc")
 
 
 def store_weight(model_dir: Path, weight: float, beam: int, record: dict, ngram_weight: float | None = None,
-                 word_bonus: float | None = None, empty_margin: float = math.inf) -> None:
-    """Rewrite the head file with `decode_weight`, `beam` (the n-gram's `ngram_weight` and
-    `word_bonus`, the empty candidate's `empty_margin`) and how they were chosen in its metadata."""
+                 word_bonus: float | None = None, empty_margin: float = math.inf, oov_penalty: float = 0.0) -> None:
+    """Rewrite the head file with `decode_weight`, `beam` (the n-gram's `ngram_weight`, `word_bonus`
+    and `oov_penalty`, the empty candidate's `empty_margin`) and how they were chosen in its metadata."""
     path = model_dir / HEAD_FILE
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
@@ -47,6 +47,7 @@ def store_weight(model_dir: Path, weight: float, beam: int, record: dict, ngram_
     meta["decode_weight"], meta["beam"] = str(weight), str(beam)
     if ngram_weight is not None:
         meta["ngram_weight"], meta["word_bonus"] = str(ngram_weight), str(word_bonus)
+        meta["oov_penalty"] = str(oov_penalty)
     if math.isinf(empty_margin):
         meta.pop("empty_margin", None)
     else:
@@ -67,6 +68,8 @@ def main() -> None:
     parser.add_argument("--ngram-weights", type=float, nargs="+", default=[0.5],
                         help="alpha: the word n-gram's weight (when the folder has ngram.arpa.gz)")
     parser.add_argument("--word-bonuses", type=float, nargs="+", default=[1.0], help="beta: a bonus per word")
+    parser.add_argument("--oov-penalties", type=float, nargs="+", default=[0.0],
+                        help="nats charged per word outside the n-gram's vocabulary, on top of its <unk> score")
     parser.add_argument("--empty-margins", type=float, nargs="+", default=[math.inf],
                         help="then, at the best of the grid: drop the empty candidate when CTC's all-blank "
                              "path is this many nats below its best spelling (inf: never drop it)")
@@ -77,46 +80,55 @@ def main() -> None:
 
     if not (args.model / HEAD_FILE).exists():
         raise SystemExit(f"error: {args.model} has no {HEAD_FILE}")
-    examples = []
+    examples, source = [], {}
     for manifest in args.manifest:  # a sample from each, so a small dev set still counts
         found = [e for e in read_manifests([manifest]).examples if e.task.kind == "transcribe"]
         random.Random(0).shuffle(found)
         examples += found[: args.clips]
+        source.update({id(e): Path(manifest).parent.name for e in found[: args.clips]})
     examples.sort(key=lambda e: e.duration)
+    sets = [source[id(e)] for e in examples]
     audios = [load_audio(e.audio) for e in examples]
     norm = EnglishTextNormalizer()
     refs = [norm(e.answer) for e in examples]
     model = SpeechModel.load(args.model)
-    fusions = [(a, b) for a in args.ngram_weights for b in args.word_bonuses] if model.fusion else [(None, None)]
+    fusions = ([(a, b, o) for a in args.ngram_weights for b in args.word_bonuses for o in args.oov_penalties]
+               if model.fusion else [(None, None, None)])
     results: dict[tuple, float] = {}
     model.ctc_empty_margin = math.inf  # the grid runs with the old rule; margins are tried after it
 
-    def use(weight: float, beam: int, alpha: float | None, beta: float | None) -> None:
+    def use(weight: float, beam: int, alpha: float | None, beta: float | None, oov: float | None) -> None:
         model.ctc_weight, model.ctc_beam = weight, beam
         if model.fusion:
-            model.fusion = WordFusion(model.fusion.ngram, model.fusion.chars, alpha, beta)
+            model.fusion = WordFusion(model.fusion.ngram, model.fusion.chars, alpha, beta, oov)
 
     def dev_wer() -> tuple[float, int, float]:
+        """WER on all the dev clips (the figure tuned), logged per manifest too (a setting that wins
+        overall by losing one set shows there)."""
         start, hyps = time.perf_counter(), []
         for i in range(0, len(audios), args.batch_size):
             hyps += model.generate(audios[i: i + args.batch_size])
-        keep = [(r, norm(h)) for r, h in zip(refs, hyps) if r.strip()]
-        error = jiwer.wer([r for r, _ in keep], [h for _, h in keep])
+        keep = [(r, norm(h), s) for r, h, s in zip(refs, hyps, sets) if r.strip()]
+        error = jiwer.wer([r for r, _, _ in keep], [h for _, h, _ in keep])
+        parts = {name: 100 * jiwer.wer([r for r, _, s in keep if s == name], [h for _, h, s in keep if s == name])
+                 for name in dict.fromkeys(s for _, _, s in keep)}
+        log.info("  by set: %s", ", ".join(f"{name} {value:.2f} %" for name, value in parts.items()))
         return round(100 * error, 2), len(keep), time.perf_counter() - start
 
-    for beam, weight, (alpha, beta) in itertools.product(args.beams, args.weights, fusions):
-        if weight == 0 and (beam, alpha, beta) != (args.beams[0], *fusions[0]):
+    for beam, weight, (alpha, beta, oov) in itertools.product(args.beams, args.weights, fusions):
+        if weight == 0 and (beam, alpha, beta, oov) != (args.beams[0], *fusions[0]):
             continue  # weight 0 is the LM alone: the beam and the n-gram do not matter
-        use(weight, beam, alpha, beta)
+        use(weight, beam, alpha, beta, oov)
         error, n, seconds = dev_wer()
-        results[(weight, beam, alpha, beta)] = error
-        log.info("weight %.2f beam %d ngram %s bonus %s: dev WER %.2f %% (%d clips, %.1f s)", weight, beam, alpha,
-                 beta, error, n, seconds)
-    weight, beam, alpha, beta = min(results, key=results.get)
-    log.info("best: weight %.2f, beam %d, ngram weight %s, word bonus %s (dev WER %.2f %%)", weight, beam, alpha, beta,
-             results[(weight, beam, alpha, beta)])
-    margins = {math.inf: results[(weight, beam, alpha, beta)]}
-    use(weight, beam, alpha, beta)
+        results[(weight, beam, alpha, beta, oov)] = error
+        log.info("weight %.2f beam %d ngram %s bonus %s oov %s: dev WER %.2f %% (%d clips, %.1f s)", weight, beam,
+                 alpha, beta, oov, error, n, seconds)
+    best = min(results, key=results.get)  # ties: the first in grid order
+    weight, beam, alpha, beta, oov = best
+    log.info("best: weight %.2f, beam %d, ngram weight %s, word bonus %s, oov penalty %s (dev WER %.2f %%)", weight,
+             beam, alpha, beta, oov, results[best])
+    margins = {math.inf: results[best]}
+    use(weight, beam, alpha, beta, oov)
     for margin in [m for m in args.empty_margins if m != math.inf] if weight > 0 else []:
         model.ctc_empty_margin = margin
         margins[margin], n, seconds = dev_wer()
@@ -125,10 +137,10 @@ def main() -> None:
     log.info("empty candidate margin: %s (dev WER %.2f %%)", margin, margins[margin])
     if args.write:
         record = {"manifests": args.manifest, "clips": len(examples),
-                  "dev_wer": {f"w={w} beam={b}" + (f" alpha={a} beta={c}" if a is not None else ""): v
-                              for (w, b, a, c), v in results.items()},
+                  "dev_wer": {f"w={w} beam={b}" + (f" alpha={a} beta={c} oov={o}" if a is not None else ""): v
+                              for (w, b, a, c, o), v in results.items()},
                   "empty_margin_dev_wer": {str(m): v for m, v in margins.items()}}
-        store_weight(args.model, weight, beam, record, alpha, beta, margin)
+        store_weight(args.model, weight, beam, record, alpha, beta, margin, oov or 0.0)
         log.info("stored the settings in %s", args.model / HEAD_FILE)
 
 
