@@ -2,6 +2,7 @@
 
     python bench/bench_streams.py                      # built-in model (tiny random model if absent)
     python bench/bench_streams.py --model DIR --streams 1 4 16
+    python bench/bench_streams.py --serve-args "--ctc-weight 1"   # a decoding option of the server
 
 The server runs as its own process (`speechlora serve`), as in production, so the client threads
 here never share its GIL. Each stream sends the same espeak-ng conversation (3 utterances, ~10 s)
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -49,13 +51,14 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, model: Path | None, batch: int, threads: int) -> None:
+    def __init__(self, model: Path | None, batch: int, threads: int, extra: list[str] = ()) -> None:
         self.metrics_port = free_port()
         cmd = [sys.executable, "-m", "speech.cli", "serve", "--port", "0", "--max-batch-size", str(batch),
                "--max-streams", "64", "--metrics-port", str(self.metrics_port),
                "--min-silence-ms", str(MIN_SILENCE_MS), "--device", "cpu"]
         if model is not None:
             cmd += ["--model", str(model)]
+        cmd += list(extra)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
         self.port = None
@@ -127,7 +130,10 @@ def main() -> int:
     parser.add_argument("--model", type=Path, help="checkpoint folder (default: built-in; tiny random if absent)")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--threads", type=int, default=2, help="torch threads in the server")
+    parser.add_argument("--serve-args", default="", help="more `speechlora serve` options for both servers, "
+                        "e.g. \"--ctc-weight 1\" (CTC + n-gram alone, no LM pass)")
     args = parser.parse_args()
+    extra = shlex.split(args.serve_args)
 
     from speech.model import builtin_path
 
@@ -144,9 +150,10 @@ def main() -> int:
     talk = conversation(TEXTS, gap_s=1.0)
     speech_ends = [end for _, end in talk.spans]
     print(f"model: {label}; audio per stream {len(talk.audio) / 16000:.1f} s, {len(TEXTS)} utterances; "
-          f"trailing silence {MIN_SILENCE_MS} ms; {os.cpu_count()} CPUs visible")
+          f"trailing silence {MIN_SILENCE_MS} ms; {os.cpu_count()} CPUs visible"
+          + (f"; serve {' '.join(extra)}" if extra else ""))
 
-    server = Server(model, batch=16, threads=args.threads)
+    server = Server(model, batch=16, threads=args.threads, extra=extra)
     try:
         print(f"{'streams':>7} {'held':>6} {'RTFx':>7} {'batch':>6} {'p50 s':>6} {'p95 s':>6}  (real-time pace)")
         for n in args.streams:
@@ -157,7 +164,7 @@ def main() -> int:
         batched = run_streams(server, talk.audio, speech_ends, n, realtime=False)
     finally:
         server.close()
-    single_server = Server(model, batch=1, threads=args.threads)
+    single_server = Server(model, batch=1, threads=args.threads, extra=extra)
     try:
         single = run_streams(single_server, talk.audio, speech_ends, n, realtime=False)
     finally:
