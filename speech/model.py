@@ -190,7 +190,7 @@ class SpeechModel(nn.Module):
     @classmethod
     def load(cls, path: str | Path | None = None, adapter: str | Path | None = None, device: str | None = None,
              dtype: torch.dtype | None = None, merge_lora: bool = True,
-             ctc_weight: float | None = None) -> SpeechModel:
+             ctc_weight: float | None = None, ctc_beam: int | None = None) -> SpeechModel:
         """Load a local checkpoint folder (either layout), or the built-in model when `path` is None.
 
         `adapter`: a PEFT folder of a fine-tuned speech adapter; it replaces the checkpoint's speech
@@ -198,8 +198,11 @@ class SpeechModel(nn.Module):
         the LoRA as separate peft modules (for training). `ctc_weight`: the weight of the folder's
         CTC head when rescoring English transcripts (speech.ctc; 0 turns it off; default: the
         weight stored with the head, or off with an adapter: a new language, which the head's
-        alphabet was not trained on).
+        alphabet was not trained on). `ctc_beam`: the prefix search's beam width (default: the
+        width stored with the head).
         """
+        if ctc_beam is not None and ctc_beam < 1:
+            raise UserError(f"ctc_beam must be at least 1, not {ctc_beam}")
         start = time.perf_counter()
         root = Path(path) if path is not None else builtin_path()
         if path is None and not (root / "config.json").exists():
@@ -235,7 +238,7 @@ class SpeechModel(nn.Module):
         head = load_ctc_head(root, spec.audio_config.hidden_size, dev)
         if head is not None:
             model.ctc_head, settings = head
-            model.ctc_beam, model.ctc_empty_margin = settings["beam"], settings["empty_margin"]
+            model.ctc_beam, model.ctc_empty_margin = ctc_beam or settings["beam"], settings["empty_margin"]
             model.lexicon = Lexicon.load(root, model.ctc_head.chars)
             model.fusion = load_fusion(root, model.ctc_head.chars, settings)
             model.ctc_weight = ctc_weight if ctc_weight is not None else (0.0 if adapter else settings["decode_weight"])

@@ -118,6 +118,26 @@ def test_adapter_turns_ctc_off_and_bad_weights_are_refused():
 
     with pytest.raises(UserError, match="ctc_weight"):
         SpeechModel.load(ctc_weight=1.5)
+    with pytest.raises(UserError, match="ctc_beam"):
+        SpeechModel.load(ctc_beam=0)
+
+
+def test_ctc_beam_overrides_the_tuned_width(tmp_path, monkeypatch):
+    """--ctc-beam N: the prefix search runs at N instead of the head's stored width."""
+    import speech.model as model_module
+
+    model = SpeechModel.load(ctc_beam=3)
+    assert model.ctc_beam == 3 and SpeechModel.load().ctc_beam != 3
+    widths = []
+    search = model_module.prefix_beam_search
+
+    def spy(*args, **kwargs):
+        widths.append(kwargs["beam"])
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "prefix_beam_search", spy)
+    assert model.generate(_unseen_voice_clips(tmp_path)[:1])[0]
+    assert widths and set(widths) == {3}
 
 
 def _prompt_embeds(model, clips):
@@ -214,3 +234,33 @@ def test_tree_scores_equal_under_eager_attention(builtin, tmp_path, monkeypatch)
         monkeypatch.setattr(layer.self_attn.config, "_attn_implementation", "eager")
     eager = builtin._answer_log_probs(prefill, owners, answers)
     assert eager == pytest.approx(sdpa, abs=1e-3)
+
+
+def test_tune_ctc_second_pass_keeps_the_stored_settings(tmp_path, monkeypatch):
+    """tune_ctc --keep-tuned --beams A B (run.sh's last pass): only the beam is searched; the other
+    settings stay as the head stored them, and the first pass's record is kept under "before"."""
+    import json
+    import shutil
+    import sys
+
+    from speech.builtin_recipe import tune_ctc
+    from speech.ctc import HEAD_FILE, decode_settings, head_metadata
+
+    folder = tmp_path / "model"
+    shutil.copytree(builtin_path(), folder)
+    tune_ctc.store_weight(folder, 0.6, 8, {"dev_wer": {"first": 1.0}}, 0.4, 1.5, oov_penalty=3.0)
+    manifest = tmp_path / "dev.jsonl"
+    manifest.write_text("".join(json.dumps({"audio_filepath": str(espeak(s, tmp_path / f"{i}.wav", voice="en-us+m8")),
+                                            "text": s, "duration": 3.0}) + "\n" for i, s in enumerate(SENTENCES[:2])))
+    monkeypatch.setattr(sys, "argv", ["tune_ctc", "--model", str(folder), "--manifest", str(manifest), "--keep-tuned",
+                                      "--beams", "4", "8", "--write"])
+    tune_ctc.main()
+    meta = head_metadata(folder / HEAD_FILE)
+    settings = decode_settings(meta)
+    assert settings["beam"] in (4, 8)
+    assert (settings["decode_weight"], settings["ngram_weight"], settings["word_bonus"], settings["oov_penalty"]) \
+        == (0.6, 0.4, 1.5, 3.0)
+    record = json.loads(meta["decode_weight_tuning"])
+    assert sorted(record["dev_wer"]) == ["w=0.6 beam=4 alpha=0.4 beta=1.5 oov=3.0",
+                                         "w=0.6 beam=8 alpha=0.4 beta=1.5 oov=3.0"]
+    assert record["before"] == {"dev_wer": {"first": 1.0}}

@@ -237,3 +237,15 @@ def test_torn_last_line_tolerated_only_when_asked(tmp_path):
     assert [r["index"] for r in read_rows(path, tolerate_torn_tail=True)] == [0]
     with pytest.raises(ValueError, match=":2: not JSON"):
         read_rows(path)
+
+
+def test_default_model_id_names_the_decoding_setup():
+    """A run with --ctc-weight / --ctc-beam resumes into its own result files, never the default's."""
+    from eval.cli import default_model_id
+
+    assert default_model_id(None, None) == "speechlora/builtin"
+    assert default_model_id(None, None, 1.0) == "speechlora/builtin-ctc1"
+    assert default_model_id(None, None, 1.0, 16) == "speechlora/builtin-ctc1-beam16"
+    assert default_model_id(None, None, None, 8) == "speechlora/builtin-beam8"
+    assert len({parse_result_filename(result_filename(default_model_id(None, None, w, b), "x_y_test"))[0]
+                for w, b in [(None, None), (1.0, None), (1.0, 16), (None, 16)]}) == 4

@@ -29,11 +29,15 @@ from safetensors.torch import save_file
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from encoder.audio import load_audio
-from speech.ctc import HEAD_FILE, WordFusion
+from speech.ctc import HEAD_FILE, WordFusion, decode_settings, head_metadata
 from speech.finetune.data import read_manifests
 from speech.model import SpeechModel
 
 log = logging.getLogger("speech.builtin_recipe.tune_ctc")
+
+# the grid's axes: command-line name -> key in the head's decoding settings (speech.ctc.decode_settings)
+TUNED = {"weights": "decode_weight", "beams": "beam", "ngram_weights": "ngram_weight", "word_bonuses": "word_bonus",
+         "oov_penalties": "oov_penalty"}
 
 
 def store_weight(model_dir: Path, weight: float, beam: int, record: dict, ngram_weight: float | None = None,
@@ -73,13 +77,24 @@ def main() -> None:
     parser.add_argument("--empty-margins", type=float, nargs="+", default=[math.inf],
                         help="then, at the best of the grid: drop the empty candidate when CTC's all-blank "
                              "path is this many nats below its best spelling (inf: never drop it)")
+    parser.add_argument("--keep-tuned", action="store_true",
+                        help="a setting not given here (--weights, --beams, --ngram-weights, --word-bonuses, "
+                             "--oov-penalties) keeps the value stored in the head, instead of this tool's default: "
+                             "a second pass over one axis (e.g. --beams 16 32) after a grid")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--write", action="store_true", help="store the best weight in the head's metadata")
+    defaults = {name: parser.get_default(name) for name in TUNED}
+    for name in TUNED:
+        parser.set_defaults(**{name: None})
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     if not (args.model / HEAD_FILE).exists():
         raise SystemExit(f"error: {args.model} has no {HEAD_FILE}")
+    stored = decode_settings(head_metadata(args.model / HEAD_FILE))
+    for name, key in TUNED.items():
+        if getattr(args, name) is None:
+            setattr(args, name, [stored[key]] if args.keep_tuned else defaults[name])
     examples, source = [], {}
     for manifest in args.manifest:  # a sample from each, so a small dev set still counts
         found = [e for e in read_manifests([manifest]).examples if e.task.kind == "transcribe"]
@@ -140,6 +155,9 @@ def main() -> None:
                   "dev_wer": {f"w={w} beam={b}" + (f" alpha={a} beta={c} oov={o}" if a is not None else ""): v
                               for (w, b, a, c, o), v in results.items()},
                   "empty_margin_dev_wer": {str(m): v for m, v in margins.items()}}
+        previous = head_metadata(args.model / HEAD_FILE).get("decode_weight_tuning")
+        if args.keep_tuned and previous:  # this pass refined the one before: keep its record too
+            record["before"] = json.loads(previous)
         store_weight(args.model, weight, beam, record, alpha, beta, margin, oov or 0.0)
         log.info("stored the settings in %s", args.model / HEAD_FILE)
 
