@@ -177,7 +177,8 @@ class WordFusion:
                 self.ngram.next_context(context, word))
 
     def text_score(self, text: str) -> float:
-        """alpha * ln P_ngram(text) + beta * words, for a whole transcript (rescoring)."""
+        """alpha * ln P_ngram(text) + beta * words - oov_penalty * unknown words, for a whole transcript
+        (rescoring)."""
         words = heard_words(text, self.chars)
         unknown = sum(w not in self.ngram.vocabulary for w in words) if self.oov_penalty else 0
         return self.alpha * self.ngram.sentence(words) + self.beta * len(words) - self.oov_penalty * unknown
