@@ -172,7 +172,7 @@ class WordFusion:
         score, context, word = state
         if not word:
             return score, context
-        extra = self.oov_penalty if word not in self.ngram.vocabulary else 0.0
+        extra = self.oov_penalty if self.oov_penalty and word not in self.ngram.vocabulary else 0.0
         return (score + self.alpha * self.ngram.score(context, word) + self.beta - extra,
                 self.ngram.next_context(context, word))
 

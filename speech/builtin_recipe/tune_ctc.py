@@ -91,18 +91,18 @@ def main() -> None:
 
     if not (args.model / HEAD_FILE).exists():
         raise SystemExit(f"error: {args.model} has no {HEAD_FILE}")
-    stored = decode_settings(head_metadata(args.model / HEAD_FILE))
+    meta = head_metadata(args.model / HEAD_FILE)
+    stored = decode_settings(meta)
     for name, key in TUNED.items():
         if getattr(args, name) is None:
             setattr(args, name, [stored[key]] if args.keep_tuned else defaults[name])
-    examples, source = [], {}
+    sampled = []  # (clip, the name of its manifest's folder: the set it is reported under)
     for manifest in args.manifest:  # a sample from each, so a small dev set still counts
         found = [e for e in read_manifests([manifest]).examples if e.task.kind == "transcribe"]
         random.Random(0).shuffle(found)
-        examples += found[: args.clips]
-        source.update({id(e): Path(manifest).parent.name for e in found[: args.clips]})
-    examples.sort(key=lambda e: e.duration)
-    sets = [source[id(e)] for e in examples]
+        sampled += [(e, Path(manifest).parent.name) for e in found[: args.clips]]
+    sampled.sort(key=lambda pair: pair[0].duration)
+    examples, sets = [e for e, _ in sampled], [name for _, name in sampled]
     audios = [load_audio(e.audio) for e in examples]
     norm = EnglishTextNormalizer()
     refs = [norm(e.answer) for e in examples]
@@ -155,7 +155,7 @@ def main() -> None:
                   "dev_wer": {f"w={w} beam={b}" + (f" alpha={a} beta={c} oov={o}" if a is not None else ""): v
                               for (w, b, a, c, o), v in results.items()},
                   "empty_margin_dev_wer": {str(m): v for m, v in margins.items()}}
-        previous = head_metadata(args.model / HEAD_FILE).get("decode_weight_tuning")
+        previous = meta.get("decode_weight_tuning")
         if args.keep_tuned and previous:  # this pass refined the one before: keep its record too
             record["before"] = json.loads(previous)
         store_weight(args.model, weight, beam, record, alpha, beta, margin, oov or 0.0)
