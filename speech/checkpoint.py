@@ -28,9 +28,9 @@ from speech.errors import CheckpointError
 
 AUDIO_PREFIX = "model.embed_tokens_extend.audio_embed."
 # What a folder may carry beside its weights for CTC decoding (speech/ctc.py; the built-in model
-# does): the head, its word list and its word n-gram. Not model weights: loaders skip the head
-# file and a full export copies all three as they are.
-CTC_FILES = ("ctc_head.safetensors", "lexicon.txt", "ngram.arpa.gz")
+# does): the head, its word list and its word n-gram (compact .npz, or ARPA; speech/ngram.py). Not
+# model weights: loaders skip the head file and a full export copies them as they are.
+CTC_FILES = ("ctc_head.safetensors", "lexicon.txt", "ngram.npz", "ngram.arpa.gz")
 # The speech LoRA wraps these four linears of every LM layer (qkv, o, gate_up, down).
 LORA_TARGET_REGEX = r"model\.layers\.\d+\.(self_attn\.(qkv_proj|o_proj)|mlp\.(gate_up_proj|down_proj))"
 

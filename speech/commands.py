@@ -94,14 +94,14 @@ def run_info(args: argparse.Namespace) -> int:
 
 def _decoding_line(root: Path) -> str:
     """How English transcription decodes in this folder, from its files (nothing loaded)."""
-    from speech.ctc import HEAD_FILE, LEXICON_FILE, NGRAM_FILE, decode_settings, head_metadata
+    from speech.ctc import HEAD_FILE, LEXICON_FILE, decode_settings, head_metadata, ngram_file
 
     if not (root / HEAD_FILE).exists():
         return "greedy (LM)"
     settings = decode_settings(head_metadata(root / HEAD_FILE))
     line = f"CTC rescoring (weight {settings['decode_weight']:g}, beam {settings['beam']})"
-    if (root / NGRAM_FILE).exists():
-        line += (f", word n-gram {NGRAM_FILE} (weight {settings['ngram_weight']:g}, "
+    if (ngram := ngram_file(root)) is not None:
+        line += (f", word n-gram {ngram.name} (weight {settings['ngram_weight']:g}, "
                  f"word bonus {settings['word_bonus']:g}, unknown-word penalty {settings['oov_penalty']:g})")
     if (root / LEXICON_FILE).exists():
         line += f", respelling with {LEXICON_FILE}"

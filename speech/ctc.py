@@ -19,7 +19,7 @@ transcript's unknown words are also tried replaced by their nearest known spelli
 distance, rapidfuzz), each scored the same way; a replacement is kept only if it wins, so a
 word that is really new stays as heard.
 
-The search itself can fuse in a word n-gram (``ngram.arpa.gz``, speech/ngram.py, class
+The search itself can fuse in a word n-gram (``ngram.npz`` or ``ngram.arpa.gz``, speech/ngram.py, class
 WordFusion): beams are ranked by ``log P_ctc + alpha * ln P_ngram(words) + beta * words`` as
 they grow, so the n-best list already spells known words in likely orders, and the rescoring
 keeps those terms (``w * (CTC + n-gram) + (1 - w) * LM``; at w = 1 the LM pass is skipped).
@@ -44,10 +44,11 @@ from safetensors import safe_open
 from torch import nn
 
 from speech.checkpoint import CTC_FILES
-from speech.ngram import BOS, EOS, WordNgram
+from speech.ngram import EOS, Context, WordNgram
 from speech.numbers import spell_numbers
 
-HEAD_FILE, LEXICON_FILE, NGRAM_FILE = CTC_FILES
+HEAD_FILE, LEXICON_FILE = CTC_FILES[:2]
+NGRAM_FILES = CTC_FILES[2:]  # the first found is used: the compact form, then ARPA
 
 
 class CTCHead(nn.Module):
@@ -91,10 +92,15 @@ def load_ctc_head(root: Path, hidden_size: int, device: torch.device) -> tuple[C
     return head.to(device).eval(), decode_settings(meta)
 
 
+def ngram_file(root: Path) -> Path | None:
+    """The folder's word n-gram file (ngram.npz, else ngram.arpa.gz), or None."""
+    return next((root / name for name in NGRAM_FILES if (root / name).is_file()), None)
+
+
 def load_fusion(root: Path, chars: str, settings: dict[str, float]) -> WordFusion | None:
-    """The folder's word n-gram (ngram.arpa.gz) with the head's tuned weights, or None if absent."""
-    path = root / NGRAM_FILE
-    if not path.exists():
+    """The folder's word n-gram (`ngram_file`) with the head's tuned weights, or None if absent."""
+    path = ngram_file(root)
+    if path is None:
         return None
     return WordFusion(WordNgram.load(path), chars, settings["ngram_weight"], settings["word_bonus"],
                       settings.get("oov_penalty", 0.0))
@@ -147,10 +153,11 @@ class WordFusion:
         self.space = chars.index(" ")
         self.prefixes = ngram.prefixes()
         self.oov = alpha * ngram.unk - oov_penalty
+        self.eos = ngram.word_id(EOS)
 
-    def start(self) -> tuple[float, tuple[str, ...], str]:
+    def start(self) -> tuple[float, Context, str]:
         """The empty prefix's state: (score of finished words, n-gram context, the open word)."""
-        return 0.0, (BOS,), ""
+        return 0.0, self.ngram.begin(), ""
 
     def extend(self, state: tuple, c: int) -> tuple:
         """The state of a prefix one character `c` longer."""
@@ -166,15 +173,16 @@ class WordFusion:
     def finish(self, state: tuple) -> float:
         """The fusion score of a finished transcript: its last word and the sentence end."""
         score, context = self._close(state)
-        return score + self.alpha * self.ngram.score(context, EOS)
+        return score + self.alpha * self.ngram.logp(context, self.eos)
 
-    def _close(self, state: tuple) -> tuple[float, tuple[str, ...]]:
+    def _close(self, state: tuple) -> tuple[float, Context]:
         score, context, word = state
         if not word:
             return score, context
-        extra = self.oov_penalty if self.oov_penalty and word not in self.ngram.vocabulary else 0.0
-        return (score + self.alpha * self.ngram.score(context, word) + self.beta - extra,
-                self.ngram.next_context(context, word))
+        ngram = self.ngram
+        wid = ngram.word_id(word)
+        extra = self.oov_penalty if wid == ngram.unk_id else 0.0
+        return score + self.alpha * ngram.logp(context, wid) + self.beta - extra, ngram.advance(context, wid)
 
     def text_score(self, text: str) -> float:
         """alpha * ln P_ngram(text) + beta * words - oov_penalty * unknown words, for a whole transcript

@@ -44,17 +44,99 @@ def corpus() -> list[list[str]]:
     return _sentences()
 
 
+@pytest.mark.parametrize("order", [3, 4])
 @pytest.mark.parametrize("min_count", [1, 2])
-def test_every_context_is_a_distribution(corpus, tmp_path, min_count):
+@pytest.mark.parametrize("form", ["arpa", "npz"])
+def test_every_context_is_a_distribution(corpus, tmp_path, min_count, order, form):
     path = tmp_path / "lm.arpa.gz"
-    info = build_arpa(corpus, path, order=3, min_count=min_count)
+    info = build_arpa(corpus, path, order=order, min_count=min_count)
+    if form == "npz":  # the compact form holds the same model
+        WordNgram.load(path).save(tmp_path / "lm.npz")
+        path = tmp_path / "lm.npz"
     lm = WordNgram.load(path)
-    assert lm.order == 3 and info["ngrams"][0] == len(lm.vocabulary) + 3  # + <s>, </s>, <unk>
+    assert lm.order == order and info["ngrams"][0] == len(lm.vocabulary) + 3  # + <s>, </s>, <unk>
+    assert lm.sizes() == info["ngrams"]
     outcomes = [*lm.vocabulary, EOS]
-    common = corpus[0][:2]
-    for context in [(BOS,), tuple(common[:1]), tuple(common), ("the",), ("zzzz", "qqqq"), ()]:
+    common = corpus[0][:3]
+    for context in [(BOS,), tuple(common[:1]), tuple(common[:2]), tuple(common), ("the",), ("zzzz", "qqqq"), ()]:
         total = sum(math.exp(lm.score(context, w)) for w in outcomes) + math.exp(lm.unk)
         assert total == pytest.approx(1.0, abs=1e-4), context
+
+
+def _same_scores(a: WordNgram, b: WordNgram, corpus, tol: float = 0.0) -> None:
+    assert a.order == b.order and a.sizes() == b.sizes() and a.vocabulary == b.vocabulary
+    for words in corpus[:200]:
+        assert b.sentence(words) == pytest.approx(a.sentence(words), abs=tol or 1e-5)
+        assert b.sentence(words[::-1]) == pytest.approx(a.sentence(words[::-1]), abs=tol or 1e-5)
+
+
+def test_npz_and_arpa_convert_both_ways_and_keep_every_score(corpus, tmp_path):
+    """ARPA -> .npz -> ARPA (with the command users run): the same n-grams and scores."""
+    from speech.ngram import main
+
+    build_arpa(corpus, tmp_path / "lm.arpa.gz", order=4, min_count=1)
+    arpa = WordNgram.load(tmp_path / "lm.arpa.gz")
+    assert main([str(tmp_path / "lm.arpa.gz"), str(tmp_path / "lm.npz")]) == 0
+    compact = WordNgram.load(tmp_path / "lm.npz")
+    _same_scores(arpa, compact, corpus)
+    assert (tmp_path / "lm.npz").stat().st_size < (tmp_path / "lm.arpa.gz").stat().st_size
+    assert main([str(tmp_path / "lm.npz"), str(tmp_path / "back.arpa")]) == 0
+    _same_scores(arpa, WordNgram.load(tmp_path / "back.arpa"), corpus)
+    # the memo is a cache, not a different answer: cold and warm lookups agree
+    fresh = WordNgram.load(tmp_path / "lm.npz")
+    context, word = fresh.advance(fresh.begin(), fresh.word_id(corpus[0][0])), fresh.word_id(corpus[0][1])
+    assert fresh.logp(context, word) == fresh._logp(context, word) == compact.logp(context, word)
+
+
+def test_ngrams_past_64_bits_are_packed_in_python_ints(corpus, tmp_path):
+    """V ** order >= 2 ** 64 (a 5-gram over fortunes' ~8k words) takes the exact slow path."""
+    base = len({w for words in corpus for w in words}) + 3
+    order = next(n for n in range(2, 40) if base ** n >= 2 ** 64)
+    build_arpa(corpus, tmp_path / "lm.arpa", order=order, min_count=1)
+    arpa = WordNgram.load(tmp_path / "lm.arpa")
+    assert arpa.base == base and isinstance(arpa.tables[-1].keys, list)
+    assert not isinstance(arpa.tables[0].keys, list)  # the low orders keep the compact arrays
+    arpa.save(tmp_path / "lm.npz")
+    _same_scores(arpa, WordNgram.load(tmp_path / "lm.npz"), corpus)
+    known = next(words for words in corpus if len(words) > order)  # a full-length context
+    assert arpa.sentence(known) == pytest.approx(WordNgram.load(tmp_path / "lm.npz").sentence(known), abs=1e-5)
+    assert arpa.sentence(known) > arpa.sentence(known[::-1])
+
+
+def test_malformed_npz_files_are_refused(corpus, tmp_path):
+    import numpy as np
+
+    build_arpa(corpus[:300], tmp_path / "lm.arpa", order=3)
+    WordNgram.load(tmp_path / "lm.arpa").save(tmp_path / "good.npz")
+    with np.load(tmp_path / "good.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+
+    def refused(name: str, match: str, **changes) -> None:
+        with open(tmp_path / name, "wb") as f:
+            np.savez(f, **{k: v for k, v in {**arrays, **changes}.items() if v is not None})
+        with pytest.raises(ValueError, match=match):
+            WordNgram.load(tmp_path / name)
+
+    refused("newer.npz", "newer than this reader", format=np.array([99, 3]))
+    refused("missing.npz", "not a speechlora n-gram", logp2=None)
+    refused("shape.npz", "disagree in shape", bow3=arrays["bow3"][:-1])
+    refused("ids.npz", "past the word list", ids2=arrays["ids2"] + 10 ** 6)
+    refused("order.npz", "ascending", ids3=arrays["ids3"][::-1].copy())
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "good.npz").read_bytes()[:1000])
+    with pytest.raises(ValueError, match="cut.npz"):
+        WordNgram.load(tmp_path / "cut.npz")
+
+
+def test_the_convert_command_says_what_is_wrong_in_one_line(tmp_path, capsys):
+    from speech.ngram import main
+
+    (tmp_path / "bad.arpa").write_text("hello\n")
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "bad.arpa"), str(tmp_path / "out.npz")])
+    assert stop.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "bad.arpa:1" in err and "not an ARPA file" in err and "\n" not in err
+    assert not (tmp_path / "out.npz").exists()
 
 
 def test_pruning_shrinks_the_file_and_keeps_the_order(corpus, tmp_path):
