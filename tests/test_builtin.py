@@ -178,7 +178,7 @@ def test_cached_answer_scores_equal_a_plain_forward(builtin, tmp_path):
 
 
 def test_word_ngram_is_fused_into_the_search(builtin, tmp_path):
-    """The shipped word trigram (ngram.arpa.gz) is loaded with tuned weights and, in the search,
+    """The shipped word 4-gram (ngram.npz) is loaded with tuned weights and, in the search,
     does not cost accuracy on an unseen voice against the same decoder without it."""
     assert builtin.fusion is not None and builtin.fusion.alpha > 0
     assert len(builtin.fusion.ngram.vocabulary) > 10_000

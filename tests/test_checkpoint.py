@@ -74,7 +74,7 @@ def test_info_says_how_the_builtin_model_decodes():
         pytest.skip("the built-in model is not in this checkout")
     out = subprocess.run([sys.executable, "-m", "speech.cli", "info"], capture_output=True, text=True,
                          check=True).stdout
-    assert "decoding: CTC rescoring (weight" in out and "word n-gram ngram.arpa.gz" in out
+    assert "decoding: CTC rescoring (weight" in out and "word n-gram ngram.npz" in out
 
 
 def _broken(tiny_native, tmp_path, how):

@@ -113,7 +113,7 @@ python -m speech.builtin_recipe.ctc_wer --model $W/stage2h --model $W/stage2i \
 python -m speech.builtin_recipe.graft --model $W/stage3t/model --encoder-from $W/stage2i --out $W/stage3t_graft
 speechlora finetune speech/builtin_recipe/stage3u.yaml
 python -m speech.builtin_recipe.ship --from $W/stage3u/model --to speech/builtin/model \
-    --ctc-head $W/stage2i/ctc_head.safetensors --lexicon-from $W/text/lm.txt --ngram-from $W/text/lm.txt
+    --ctc-head $W/stage2i/ctc_head.safetensors --lexicon-from $W/text/lm.txt --ngram-from $W/text/lm.txt  # unpruned 4-gram, ngram.npz
 # the decoding weights (CTC/LM, word n-gram, word bonus, unknown-word penalty) and beam, chosen on
 # dev clips (training voices, Asterisk, the 6 unseen voices): a coarse grid (48 points, ~11 min),
 # then one around its best towards more CTC (16 points, ~4 min; it holds the first pass's best),
