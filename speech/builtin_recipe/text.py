@@ -121,9 +121,11 @@ def build(out: Path, seed: int = 0) -> dict:
             if kept:
                 docs[split].append(" ".join(kept))
 
-    # The Asterisk English prompts, split by prompt id as in `speechlora data asterisk`.
+    # The Asterisk English prompts, split as in `speechlora data asterisk` (by prompt id, ids
+    # saying the same text in one split).
+    splits = asterisk.prompt_splits(FRACTIONS)
     for pid, prompt in sorted(asterisk.prompts("en").items()):
-        docs[split_for(pid, FRACTIONS)].append(prompt.text)
+        docs[splits[pid]].append(prompt.text)
 
     rng = np.random.default_rng(seed)
     for split, name in (("train", "lm.txt"), ("dev", "lm_dev.txt")):  # test sentences are never written
@@ -140,7 +142,7 @@ def build(out: Path, seed: int = 0) -> dict:
         "split_fractions": {"dev": FRACTIONS.dev, "test": FRACTIONS.test},
         "seed": seed,
         "sources": ["fortunes (Debian `fortunes`, `fortunes-min`)", "sword-text-web (engWEB2015eb)",
-                    "asterisk-core-sounds-en transcripts (split by prompt id)"],
+                    "asterisk-core-sounds-en transcripts (split by prompt id, one split per text)"],
     }
     (out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

@@ -151,13 +151,15 @@ def asterisk_jobs(
     lang: str, fractions: Fractions, translate_to: str | None = None, common: bool = False,
     split_seed: str = "speechlora",
 ) -> list[Job]:
-    """The prompts of one language; split by prompt id, so a prompt's recordings in every
-    language (and its translation pairs) share a split."""
+    """The prompts of one language; split by prompt id (ids saying the same text joined:
+    `asterisk.prompt_splits`), so a prompt's recordings in every language (and its translation
+    pairs) share a split."""
     if translate_to == lang:
         raise UserError("--translate-to must differ from --lang")
     prompts = asterisk.prompts(lang)
     ids = asterisk.common_ids() if common else sorted(prompts)
     targets = asterisk.prompts(translate_to) if translate_to else None
+    splits = asterisk.prompt_splits(fractions, split_seed)
     jobs = []
     for prompt_id in ids:
         if targets is not None and prompt_id not in targets:
@@ -165,7 +167,7 @@ def asterisk_jobs(
         p = prompts[prompt_id]
         jobs.append(
             Job(
-                f"{lang}/{prompt_id}", split_for(prompt_id, fractions, split_seed), p.text, lang, "asterisk",
+                f"{lang}/{prompt_id}", splits[prompt_id], p.text, lang, "asterisk",
                 audio=str(p.audio),
                 translation=targets[prompt_id].text if targets is not None else None,
                 translation_lang=translate_to,
