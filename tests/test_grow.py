@@ -1,0 +1,35 @@
+"""speech.builtin_recipe.grow: a deeper encoder that starts out hearing as the original does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from speech.builtin_recipe.grow import grow
+from speech.model import SpeechModel, builtin_path
+
+
+def test_grown_encoder_starts_as_the_original(tmp_path, speech_clips):
+    source = builtin_path()
+    out = tmp_path / "grown"
+    assert grow(source, out, 2) == json.loads((source / "config.json").read_text())["audio_config"]["num_blocks"] + 2
+    original, grown = SpeechModel.load(source), SpeechModel.load(out)
+    assert len(grown.encoder.encoders) == len(original.encoder.encoders) + 2
+    with torch.inference_mode():
+        features, lengths = original.features(speech_clips[:2])
+        before, n = original.encoder(features, lengths)
+        after, m = grown.encoder(features, lengths)
+    assert torch.equal(n, m)
+    for row, frames in enumerate(n.tolist()):  # every real frame points the same way as before
+        cos = torch.nn.functional.cosine_similarity(before[row, :frames], after[row, :frames], dim=-1)
+        assert cos.min() > 0.999
+    # The new blocks are trainable copies, not the same tensors: their zeroed branches are zero.
+    last = grown.encoder.encoders[-1]
+    assert not last.self_attn.o_proj.weight.any() and last.layer_norm.weight.eq(1).all()
+
+
+def test_grow_refuses_nothing_to_add(tmp_path):
+    with pytest.raises(SystemExit, match="--add"):
+        grow(builtin_path(), tmp_path / "x", 0)
