@@ -33,3 +33,13 @@ def test_grown_encoder_starts_as_the_original(tmp_path, speech_clips):
 def test_grow_refuses_nothing_to_add(tmp_path):
     with pytest.raises(SystemExit, match="--add"):
         grow(builtin_path(), tmp_path / "x", 0)
+
+
+def test_grow_refuses_to_overwrite_its_source(tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(builtin_path(), folder)
+    with pytest.raises(SystemExit, match="--out"):
+        grow(folder, folder, 2)
+    assert (folder / "model.safetensors").is_file()

@@ -1,6 +1,6 @@
 """Deepen a model folder's conformer encoder by appending blocks that start as (near) identities.
 
-    python -m speech.builtin_recipe.grow --model work/builtin/base32 --out work/builtin/grown --add 2
+    python -m speech.builtin_recipe.grow --model work/builtin/stage3u/model --out work/builtin/stage3u_grown --add 2
 
 Why: by stage 2k more steps of the 4-block encoder had stopped paying (stages 2j and 2k tied
 the encoder before them), while it still misspelled flite's own *training* voices half the time:
@@ -34,6 +34,8 @@ def grow(model: Path, out: Path, add: int) -> int:
     """Copy `model` to `out` with `add` identity-like blocks appended; returns the new block count."""
     if add < 1:
         raise SystemExit("error: --add must be at least 1")
+    if out.resolve() == model.resolve():
+        raise SystemExit("error: --out must be a new folder, not --model (it is replaced)")
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(model, out)

@@ -136,8 +136,7 @@ def prompt_splits(fractions: Fractions = Fractions(), split_seed: str = "speechl
     prompts to a split before it, so a model trained on the old train split is still never
     scored on a sentence it trained on.
     """
-    by_id: dict[str, str] = {}
-    parent: dict[str, str] = {}
+    parent: dict[str, str] = {}  # union-find over prompt ids
 
     def root(x: str) -> str:
         while parent[x] != x:
@@ -150,16 +149,13 @@ def prompt_splits(fractions: Fractions = Fractions(), split_seed: str = "speechl
             continue
         first_with_text: dict[str, str] = {}
         for prompt_id, prompt in sorted(prompts(lang).items()):
-            if prompt_id not in parent:
-                parent[prompt_id] = prompt_id
-                by_id[prompt_id] = split_for(prompt_id, fractions, split_seed)
+            parent.setdefault(prompt_id, prompt_id)
             other = first_with_text.setdefault(normalize_key(prompt.text), prompt_id)
             a, b = root(prompt_id), root(other)
             if a != b:
                 parent[max(a, b)] = min(a, b)
     group_split: dict[str, str] = {}
-    for prompt_id, split in by_id.items():
-        r = root(prompt_id)
-        best = group_split.get(r, split)
-        group_split[r] = min(best, split, key=SPLIT_ORDER.index)
-    return {prompt_id: group_split[root(prompt_id)] for prompt_id in by_id}
+    for prompt_id in parent:
+        r, split = root(prompt_id), split_for(prompt_id, fractions, split_seed)
+        group_split[r] = min(group_split.get(r, split), split, key=SPLIT_ORDER.index)
+    return {prompt_id: group_split[root(prompt_id)] for prompt_id in parent}
