@@ -139,3 +139,30 @@ def test_ctc_augmentations_narrowband_and_speed():
     assert energy(phone, 1000) > 0.9 * energy(clip, 1000)
     faster = ctc.perturb(clip, 0.1, random.Random(1))
     assert 0.89 * len(clip) <= len(faster) <= 1.11 * len(clip) and len(faster) != len(clip)
+
+
+def test_every_recipe_command_has_help():
+    """`python -m speech.builtin_recipe.X --help` prints usage for every recipe module (one
+    interpreter for all of them: argparse renders each help string, where a stray % once broke)."""
+    import pkgutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import speech.builtin_recipe as recipe
+
+    modules = [m.name for m in pkgutil.iter_modules(recipe.__path__)]
+    code = (
+        "import runpy, sys, io, contextlib\n"
+        f"for name in {modules!r}:\n"
+        "    sys.argv = [name, '--help']; out = io.StringIO()\n"
+        "    try:\n"
+        "        with contextlib.redirect_stdout(out): runpy.run_module('speech.builtin_recipe.' + name, run_name='__main__')\n"
+        "    except SystemExit as e: assert e.code in (0, None), (name, e.code)\n"
+        "    assert 'usage' in out.getvalue().lower(), name\n"
+        "    print('ok', name)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split().count("ok") == len(modules) >= 10

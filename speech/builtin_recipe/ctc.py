@@ -87,7 +87,7 @@ def main() -> None:
     # 16 clips in 200 steps; 5e-4 memorizes them in 120 (docs/builtin-model.md, "Training notes").
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--warmup", type=int, default=150)
-    parser.add_argument("--steps", type=int, default=1500, help="schedule length (cosine to 5%)")
+    parser.add_argument("--steps", type=int, default=1500, help="schedule length (cosine to 5%%)")
     parser.add_argument("--max-minutes", type=float, default=20.0, help="stop (and save) after this long")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--targets", choices=("chars", "bpe"), default="chars")
