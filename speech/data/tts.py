@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import importlib.util
 import shutil
 import subprocess
 import tempfile
@@ -77,7 +78,11 @@ class Voice:
         if self.engine == "flite" and self.name not in _FLITE_VOICES:
             raise UserError(f"voice {self}: flite voices are {', '.join(_FLITE_VOICES)}")
         if self.engine == "piper":
-            _piper_voice(self.name)  # raises a UserError when piper or the voice is missing
+            # Files and package only: loading the voice here (0.5 s, 60 MB) would be wasted in the
+            # parent process, since each worker loads its own copy (_piper_voice, cached).
+            if importlib.util.find_spec("piper") is None:
+                raise UserError("piper voices need piper-tts: pip install 'speechlora[recipe]'")
+            _piper_files(self.name)
             return
         binary = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "text2wave"}[self.engine]
         if shutil.which(binary) is None:
