@@ -375,3 +375,40 @@ def test_ship_writes_a_loadable_fp16_folder_that_names_its_own_base(tiny_native,
     assert weights and all(t.dtype == torch.float16 for t in weights.values() if t.is_floating_point())
     model = SpeechModel.load(out)
     assert isinstance(model.generate([np.full(16000, 0.01, np.float32)])[0], str)
+
+
+def test_best_metric_bleu_exports_the_highest_bleu_checkpoint(tiny_native, corpus, tmp_path, capsys):
+    """best_metric bleu: validation BLEU is the stored metric and the highest one is exported."""
+    from speech.cli import main
+    from speech.finetune.config import load_config
+    from speech.finetune.trainer import STATE_FILE, run
+
+    pairs = [json.loads(line) for line in (corpus / "train.jsonl").read_text().splitlines()]
+    dev = tmp_path / "dev_es.jsonl"
+    dev.write_text("".join(json.dumps({**p, "audio_filepath": str(corpus / p["audio_filepath"])}) + "\n"
+                           for p in pairs if p.get("translation")))
+    # Without translation clips in validation, bleu cannot rank anything: one line, exit 2.
+    cfg = write_config(tmp_path / "bad" / "cfg.yaml", tiny_native, corpus, best_metric="bleu",
+                       data__validation=[str(corpus / "dev.jsonl")])
+    assert main(["finetune", str(cfg)]) == 2
+    assert "best_metric bleu: the validation manifests hold no translation clips" in capsys.readouterr().err
+    cfg = write_config(tmp_path / "ok" / "cfg.yaml", tiny_native, corpus, best_metric="bleu", keep_best=3,
+                       max_steps=6, data__validation=[str(dev)], data__translation_tasks=["translate"])
+    train(cfg)
+    run_dir = cfg.parent / "run"
+    evals = {json.loads(line)["step"]: json.loads(line)["eval"]
+             for line in (run_dir / "log.jsonl").read_text().splitlines() if '"eval"' in line}
+    assert sorted(evals) == [2, 4, 6] and all("bleu_en" in e for e in evals.values())
+    for step in (2, 4, 6):
+        state = json.loads((run_dir / f"checkpoint-{step}" / STATE_FILE).read_text())
+        assert state["metric"] == {"name": "bleu", "value": evals[step]["bleu_en"]}
+    # The tiny random model scores BLEU 0 at every step, so the ranking is checked on set values:
+    # the middle checkpoint best by BLEU (by WER or loss, lower-is-better, the last would win).
+    for step, value in ((2, 5.0), (4, 9.0), (6, 1.0)):
+        path = run_dir / f"checkpoint-{step}" / STATE_FILE
+        state = json.loads(path.read_text())
+        state["metric"]["value"] = value
+        path.write_text(json.dumps(state))
+    run(load_config(cfg, []), export_only=True)
+    info = json.loads((run_dir / "adapter" / "training.json").read_text())
+    assert info["step"] == 4 and info["metric"] == {"name": "bleu", "value": 9.0}

@@ -90,7 +90,7 @@ class FinetuneConfig:
     gradient_checkpointing: str = "auto"  # auto (on GPU) | true | false
     save_every: int = 200  # optimizer steps between checkpoints (and validations)
     keep_best: int = 3  # checkpoints kept: best N by validation metric, plus the latest
-    best_metric: str = "auto"  # auto (WER when eval.metrics is there and validation has transcripts) | wer | loss
+    best_metric: str = "auto"  # auto (WER when eval.metrics is there and validation has transcripts) | wer | bleu | loss
     log_every: int = 1
     tensorboard: bool = True
     export: str = "adapter"  # adapter (PEFT folder) | full (native model folder) | none
@@ -110,7 +110,7 @@ class FinetuneConfig:
         _choice("export_from", self.export_from, ("best", "last"))
         _choice("precision", self.precision, ("auto", "bf16", "fp32"))
         _choice("gradient_checkpointing", self.gradient_checkpointing, ("auto", "true", "false"))
-        _choice("best_metric", self.best_metric, ("auto", "wer", "loss"))
+        _choice("best_metric", self.best_metric, ("auto", "wer", "bleu", "loss"))
         for task in self.data.translation_tasks:
             _choice("data.translation_tasks", task, TRANSLATION_TASKS)
         if "lora" in self.trainable and self.lora.init == "none":

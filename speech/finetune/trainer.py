@@ -324,6 +324,17 @@ class Trainer:
                "decoding under FSDP / ZeRO-3 is not supported")
         if self.config.best_metric == "wer" and why:
             raise UserError(f"config: best_metric wer: {why}; use best_metric: loss")
+        if self.config.best_metric == "bleu":
+            # A translation fine-tune is judged by its translations: the loss on teacher-forced
+            # references tracks BLEU loosely on small sets, and WER says nothing about them.
+            has_translations = any(e.task.kind == "translate" for e in self.val.examples)
+            why = (None if has_translations and self.have_metrics and self.can_generate else
+                   "the validation manifests hold no translation clips" if not has_translations else
+                   "eval.metrics is not installed" if not self.have_metrics else
+                   "decoding under FSDP / ZeRO-3 is not supported")
+            if why:
+                raise UserError(f"config: best_metric bleu: {why}; use best_metric: loss")
+            return "bleu"
         return "loss" if why else "wer"
 
     def _unwrapped(self) -> Trainee:
@@ -405,7 +416,7 @@ class Trainer:
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if self.is_main:
-            value = metrics.get(self.metric) if self.metric else None
+            value = _metric_value(metrics, self.metric)
             (tmp / STATE_FILE).write_text(json.dumps({
                 "step": self.step, "epoch": self.step / self.steps_per_epoch, "total_steps": self.total_steps,
                 "processes": self.processes, "fingerprint": self.fingerprint, "trajectory": self.trajectory,
@@ -423,8 +434,8 @@ class Trainer:
     def _prune(self) -> None:
         found = checkpoints(self.output_dir)
         keep = {found[-1][0]}
-        scored = [(s["metric"]["value"], -step) for step, _, s in found if s.get("metric")]
-        if scored:  # lower is better (WER, loss); on a tie the later checkpoint wins
+        scored = [(_rank(s["metric"]), -step) for step, _, s in found if s.get("metric")]
+        if scored:  # best first (lowest WER or loss, highest BLEU); on a tie the later checkpoint wins
             keep |= {-neg for _, neg in sorted(scored)[: self.config.keep_best]}
         else:
             keep |= {step for step, _, _ in found[-self.config.keep_best:]}
@@ -613,7 +624,7 @@ class Trainer:
         chosen = found[-1]
         scored = [item for item in found if item[2].get("metric")]
         if config.export_from == "best" and scored:
-            chosen = min(scored, key=lambda item: (item[2]["metric"]["value"], -item[0]))
+            chosen = min(scored, key=lambda item: (_rank(item[2]["metric"]), -item[0]))
         if chosen[2].get("fingerprint") != self.fingerprint:
             changed = differences(chosen[2].get("trajectory", {}), self.trajectory)
             raise UserError(f"{chosen[1]} was written by a different config ({'; '.join(changed[:4])}); "
@@ -658,6 +669,19 @@ class Trainer:
             "speechlora_version": _version(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": self.config.to_dict(),
         }
+
+
+def _metric_value(metrics: dict, name: str | None) -> float | None:
+    """The checkpoint's selection metric; "bleu" is the mean over the validation target languages."""
+    if name == "bleu":
+        values = [v for k, v in metrics.items() if k.startswith("bleu_")]
+        return sum(values) / len(values) if values else None
+    return metrics.get(name) if name else None
+
+
+def _rank(metric: dict) -> float:
+    """Sort key of a stored {"name", "value"}: lower is better (BLEU is negated)."""
+    return -metric["value"] if metric.get("name") == "bleu" else metric["value"]
 
 
 def _score(pairs: list[tuple]) -> dict:
