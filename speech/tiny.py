@@ -74,7 +74,19 @@ def build_tokenizer(vocab_size: int = 400, corpus: list[str] | None = None):
                                    additional_special_tokens=PHI4_SPECIAL_TOKENS[1:])
 
 
-def _native_config(dims: TinyDims, vocab: int, tokenizer):
+def _rope(dims: TinyDims, longrope: bool) -> dict:
+    """Default RoPE, or the real checkpoint's kind: longrope with per-frequency factors (short ones
+    for prompts within the original 4,096 positions, long ones beyond), made non-trivial here so
+    that a loader that dropped them would give other logits."""
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75}
+    if longrope:
+        n = int(dims.lm_hidden // dims.lm_heads * 0.75) // 2  # rotary frequencies: 48 in the real model
+        rope.update(rope_type="longrope", short_factor=[round(1.0 + 0.2 * i / n, 4) for i in range(n)],
+                    long_factor=[round(1.0 + 5.0 * i / n, 4) for i in range(n)])
+    return rope
+
+
+def _native_config(dims: TinyDims, vocab: int, tokenizer, longrope: bool = False):
     from transformers import Phi4MultimodalConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in PHI4_SPECIAL_TOKENS}
@@ -87,8 +99,8 @@ def _native_config(dims: TinyDims, vocab: int, tokenizer):
     return Phi4MultimodalConfig(
         vocab_size=vocab, hidden_size=dims.lm_hidden, intermediate_size=dims.lm_intermediate,
         num_hidden_layers=dims.lm_layers, num_attention_heads=dims.lm_heads, num_key_value_heads=dims.lm_kv_heads,
-        max_position_embeddings=4096, original_max_position_embeddings=4096, tie_word_embeddings=True,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75},
+        max_position_embeddings=131072 if longrope else 4096, original_max_position_embeddings=4096,
+        tie_word_embeddings=True, rope_parameters=_rope(dims, longrope),
         bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|end|>"], ids["<|endoftext|>"]], audio_config=audio, vision_config=vision,
     )
@@ -98,14 +110,17 @@ def _random_state(config, seed: int) -> dict[str, torch.Tensor]:
     """Every native weight, drawn from one seeded generator (not identity norms, not zero biases)."""
     from transformers import Phi4MultimodalForCausalLM
 
-    torch.manual_seed(seed)
-    model = Phi4MultimodalForCausalLM(config)
+    with torch.device("meta"):  # shapes only: nothing allocated, fast at the real checkpoint's sizes
+        model = Phi4MultimodalForCausalLM(config)
     gen = torch.Generator().manual_seed(seed)
+    # Wider models get proportionally smaller weights (1/sqrt(width) past the tiny 64), so that
+    # activations at the real checkpoint's shapes stay in a range bf16 can hold, as trained ones do.
+    lm_scale = min(1.0, (64 / config.hidden_size) ** 0.5)
+    audio_scale = min(1.0, (64 / config.audio_config.hidden_size) ** 0.5)
     state = {}
     for key, tensor in model.state_dict().items():
         if key == "lm_head.weight" and config.tie_word_embeddings:
             continue
-        t = torch.empty(tensor.shape, dtype=torch.float32)
         if key.endswith("global_mean"):
             t = torch.randn(tensor.shape, generator=gen) + 8.0  # log-mel values live around 5-15
         elif key.endswith("global_invstd"):
@@ -115,9 +130,9 @@ def _random_state(config, seed: int) -> dict[str, torch.Tensor]:
         elif key.startswith(("model.layers.", "model.embed_tokens.")) and tensor.ndim == 2:
             # Large enough that greedy decoding wanders instead of repeating one token, so a
             # decoding mismatch shows up within a few steps.
-            t = 0.25 * torch.randn(tensor.shape, generator=gen)
+            t = 0.25 * lm_scale * torch.randn(tensor.shape, generator=gen)
         else:
-            t = 0.08 * torch.randn(tensor.shape, generator=gen)
+            t = 0.08 * (audio_scale if "audio" in key else lm_scale) * torch.randn(tensor.shape, generator=gen)
         state[key] = t.contiguous()
     return state
 
@@ -132,12 +147,15 @@ def _lora_state(config, dims: TinyDims, seed: int, name: str) -> dict[str, torch
         "mlp.gate_up_proj": (config.hidden_size, 2 * config.intermediate_size),
         "mlp.down_proj": (config.intermediate_size, config.hidden_size),
     }
+    # scaled like the base weights (see _random_state): unchanged at the tiny sizes
+    a_std = 0.08 * min(1.0, (64 / config.hidden_size) ** 0.5)
+    b_std = 0.08 * min(1.0, (8 / dims.lora_r) ** 0.5)
     out = {}
     for layer in range(config.num_hidden_layers):
         for module, (fan_in, fan_out) in shapes.items():
             prefix = f"model.layers.{layer}.{module}"
-            out[f"{prefix}.lora_A.weight"] = 0.08 * torch.randn(dims.lora_r, fan_in, generator=gen)
-            out[f"{prefix}.lora_B.weight"] = 0.08 * torch.randn(fan_out, dims.lora_r, generator=gen)
+            out[f"{prefix}.lora_A.weight"] = a_std * torch.randn(dims.lora_r, fan_in, generator=gen)
+            out[f"{prefix}.lora_B.weight"] = b_std * torch.randn(fan_out, dims.lora_r, generator=gen)
     return out
 
 
@@ -205,18 +223,23 @@ def _remote_config(config, dims: TinyDims) -> dict:
 
 
 def write_tiny_checkpoint(path: str | Path, layout: str = "native", seed: int = 0, dims: TinyDims = TinyDims(),
-                          shards: int | None = None) -> Path:
-    """Write a tiny checkpoint folder in `layout` ("native" or "remote") and return its path."""
+                          shards: int | None = None, longrope: bool = False,
+                          dtype: torch.dtype = torch.float32) -> Path:
+    """Write a tiny checkpoint folder in `layout` ("native" or "remote") and return its path.
+    `longrope` gives the LM the real checkpoint's RoPE (native layout only); `dtype` is what the
+    files store (bf16 halves a real-shape folder, as the real checkpoint stores it)."""
     if layout not in ("native", "remote"):
         raise ValueError(f"layout must be 'native' or 'remote', not {layout!r}")
+    if longrope and layout != "native":
+        raise ValueError("longrope is written for the native layout only")
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(dims.vocab_target)
     tokenizer.save_pretrained(str(root))
     vocab = -(-len(tokenizer) // 64) * 64
-    config = _native_config(dims, vocab, tokenizer)
-    state = _random_state(config, seed)
-    speech_lora = _lora_state(config, dims, seed, "speech")
+    config = _native_config(dims, vocab, tokenizer, longrope)
+    state = {k: v.to(dtype) for k, v in _random_state(config, seed).items()}
+    speech_lora = {k: v.to(dtype) for k, v in _lora_state(config, dims, seed, "speech").items()}
     gen_config = {"bos_token_id": config.bos_token_id, "eos_token_id": list(config.eos_token_id),
                   "pad_token_id": config.pad_token_id, "use_cache": True}
     (root / "generation_config.json").write_text(json.dumps(gen_config, indent=2))
@@ -235,7 +258,7 @@ def write_tiny_checkpoint(path: str | Path, layout: str = "native", seed: int = 
             "base_model_name_or_path": str(root)}, indent=2))
         return root
 
-    vision_lora = _lora_state(config, dims, seed, "vision")
+    vision_lora = {k: v.to(dtype) for k, v in _lora_state(config, dims, seed, "vision").items()}
     remote = {}
     lora_modules = {k.rsplit(".lora_", 1)[0] for k in speech_lora}
     for key, tensor in state.items():

@@ -76,3 +76,27 @@ def test_batched_equals_single_encoder(tiny_model, speech_clips):
         f, l = tiny_model.features([clip])
         alone, _ = tiny_model.encoder(f, l)
         assert torch.max(torch.abs(states[i, : out_lengths[i]] - alone[0])).item() <= 1e-4
+
+
+@torch.no_grad()
+def test_longrope_checkpoint_matches_transformers(tmp_path, speech_clips):
+    """The real checkpoint's RoPE (longrope, per-frequency short/long factors) survives our
+    config reading: same logits as transformers on a checkpoint that has it."""
+    from transformers import Phi4MultimodalForCausalLM
+
+    from speech.tiny import write_tiny_checkpoint
+
+    folder = write_tiny_checkpoint(tmp_path / "longrope", "native", seed=1, longrope=True)
+    ours = SpeechModel.load(folder)
+    assert ours.lm.config.rope_parameters["rope_type"] == "longrope"
+    reference = Phi4MultimodalForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    reference.load_adapter(str(folder / "speech-lora"), adapter_name="speech")
+    reference.set_adapter("speech")
+    ids, feats = _inputs(ours, speech_clips[0])
+    expected = reference(input_ids=ids, audio_input_features=feats["audio_input_features"],
+                         audio_embed_sizes=feats["audio_embed_sizes"]).logits
+    features, lengths = ours.features([speech_clips[0]])
+    got = ours(ids, torch.ones_like(ids), features, lengths).logits
+    assert torch.max(torch.abs(got - expected)).item() <= 1e-4
+    default = SpeechModel.load(write_tiny_checkpoint(tmp_path / "default", "native", seed=1))
+    assert torch.max(torch.abs(default(ids, torch.ones_like(ids), features, lengths).logits - got)).item() > 1e-3
