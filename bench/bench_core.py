@@ -33,10 +33,6 @@ warnings.filterwarnings("ignore")
 
 TEXT = ("the quick brown fox jumps over the lazy dog while speech recognition turns sound into words "
         "and the service streams every partial result back to the client as it arrives ") * 3
-# The real checkpoint's shapes (DESIGN §2); the LM's depth is --lm-layers.
-REAL_SHAPE = dict(lm_hidden=3072, lm_heads=24, lm_kv_heads=8, lm_intermediate=8192, enc_hidden=1024, enc_blocks=24,
-                  enc_heads=16, enc_intermediate=1536, enc_conv_channels=1024, bias_max_distance=500, lora_r=320,
-                  lora_alpha=640)
 SMALL_SHAPE = dict(lm_hidden=256, lm_heads=4, lm_kv_heads=2, lm_intermediate=1024, enc_hidden=256, enc_blocks=4,
                    enc_heads=4, enc_intermediate=1024, enc_conv_channels=256, bias_max_distance=500)
 
@@ -100,12 +96,12 @@ def main() -> None:
     from speech.decoding import greedy_decode
     from speech.model import SpeechModel
     from speech.prompts import Task
-    from speech.tiny import TinyDims, write_tiny_checkpoint
+    from speech.tiny import TinyDims, real_shape, write_tiny_checkpoint
 
     hf_logging.set_verbosity_error()
     tmp = Path(tempfile.mkdtemp())
     layers = args.lm_layers or (32 if real else 4)
-    dims = TinyDims(lm_layers=layers, **(REAL_SHAPE if real else SMALL_SHAPE))
+    dims = real_shape(layers) if real else TinyDims(lm_layers=layers, **SMALL_SHAPE)
     start = time.perf_counter()
     ckpt = write_tiny_checkpoint(tmp / "ckpt", "native", seed=0, dims=dims, longrope=real, dtype=dtype)
     written = time.perf_counter() - start

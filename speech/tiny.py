@@ -58,6 +58,15 @@ class TinyDims:
     vocab_target: int = 400
 
 
+def real_shape(lm_layers: int = 32) -> TinyDims:
+    """The real checkpoint's shapes (DESIGN §2: encoder 24 x 1024, 16 heads, FFN 1536, bias distance
+    500; LM hidden 3072, 24/8 heads of 128, MLP 8192; LoRA r 320 / alpha 640) with `lm_layers` LM
+    layers and a small vocabulary: every kernel the real model runs, at its sizes, without its 11 GB."""
+    return TinyDims(lm_hidden=3072, lm_layers=lm_layers, lm_heads=24, lm_kv_heads=8, lm_intermediate=8192,
+                    enc_hidden=1024, enc_blocks=24, enc_heads=16, enc_intermediate=1536, enc_conv_channels=1024,
+                    bias_max_distance=500, lora_r=320, lora_alpha=640)
+
+
 def build_tokenizer(vocab_size: int = 400, corpus: list[str] | None = None):
     """A byte-level BPE that keeps Phi-4's chat/audio special tokens as single tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -191,19 +191,13 @@ def test_tiny_checkpoint_matches_transformers_on_cuda_fp32(tiny_native, clips, n
     assert batched == [ours.generate([c], max_new_tokens=16)[0] for c in clips]
 
 
-# The real checkpoint's shapes (DESIGN §2) with 2 LM layers instead of 32 and a small vocabulary:
-# every kernel the real model runs, at its sizes, in a few GB.
-REAL_SHAPE = dict(lm_hidden=3072, lm_layers=2, lm_heads=24, lm_kv_heads=8, lm_intermediate=8192, enc_hidden=1024,
-                  enc_blocks=24, enc_heads=16, enc_intermediate=1536, enc_conv_channels=1024, bias_max_distance=500,
-                  lora_r=320, lora_alpha=640)
-
-
 @pytest.fixture(scope="module")
-def real_shape(tmp_path_factory) -> Path:
-    from speech.tiny import TinyDims, write_tiny_checkpoint
+def real_shape_folder(tmp_path_factory) -> Path:
+    from speech.tiny import real_shape, write_tiny_checkpoint
 
+    # the real model's shapes with 2 LM layers instead of 32: a few GB
     return write_tiny_checkpoint(tmp_path_factory.mktemp("real_shape") / "native", "native", seed=0,
-                                 dims=TinyDims(**REAL_SHAPE), longrope=True)
+                                 dims=real_shape(lm_layers=2), longrope=True)
 
 
 def _logits_ours(model, clip: np.ndarray, ids: torch.Tensor) -> torch.Tensor:
@@ -216,16 +210,16 @@ def _logits_reference(model, ids, feats, sizes) -> torch.Tensor:
 
 
 @torch.no_grad()
-def test_real_shapes_match_transformers(real_shape, clips, no_tf32):
+def test_real_shapes_match_transformers(real_shape_folder, clips, no_tf32):
     """fp32: our model equals transformers' at the real shapes. bf16 (what runs on GPUs): ours is
     no further from the fp32 answer than transformers' own bf16 run."""
     from speech.model import SpeechModel
 
-    config = json.loads((real_shape / "config.json").read_text())
+    config = json.loads((real_shape_folder / "config.json").read_text())
     assert config["rope_parameters"]["rope_type"] == "longrope"
     clip = clips[0]
-    reference = _reference(real_shape, torch.float32)
-    ours = SpeechModel.load(real_shape, device="cuda", dtype=torch.float32)
+    reference = _reference(real_shape_folder, torch.float32)
+    ours = SpeechModel.load(real_shape_folder, device="cuda", dtype=torch.float32)
     ids, feats, sizes = _hf_inputs(ours, clip, torch.float32)
     truth = _logits_reference(reference, ids, feats, sizes)
     scale = truth.std().item()
@@ -240,8 +234,8 @@ def test_real_shapes_match_transformers(real_shape, clips, no_tf32):
         leak = max(leak, torch.max(torch.abs(states[i, : out_lengths[i]] - alone[0])).item() / alone.std().item())
     del reference, ours
 
-    reference = _reference(real_shape, torch.bfloat16)
-    ours = SpeechModel.load(real_shape, device="cuda")
+    reference = _reference(real_shape_folder, torch.bfloat16)
+    ours = SpeechModel.load(real_shape_folder, device="cuda")
     assert ours.dtype == torch.bfloat16
     theirs16 = _logits_reference(reference, ids, feats.to(torch.bfloat16), sizes)
     ours16 = _logits_ours(ours, clip, ids)
