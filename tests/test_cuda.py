@@ -101,12 +101,14 @@ def test_builtin_on_cuda_is_bf16_and_hears_like_cpu(builtin_cuda, clips):
     # bf16 moves scores by ~1e-2, which can flip a close call between candidates; not more.
     assert _wer(on_gpu) <= _wer(on_cpu) + 0.1, (on_gpu, on_cpu)
     assert _wer(on_gpu) <= 0.5
-    # the LM alone (no CTC rescoring) and the CTC-only path run on the GPU too
-    builtin_cuda.ctc_weight = 0.0
+    # the LM alone (no CTC rescoring) and CTC + n-gram alone (no LM pass) run on the GPU too
+    saved = builtin_cuda.ctc_weight
     try:
-        assert all(builtin_cuda.generate(clips[:2]))
+        for weight in (0.0, 1.0):
+            builtin_cuda.ctc_weight = weight
+            assert all(builtin_cuda.generate(clips[:2])), weight
     finally:
-        builtin_cuda.ctc_weight = SpeechModel.load(device="cpu").ctc_weight
+        builtin_cuda.ctc_weight = saved
 
 
 def test_tree_scores_equal_flat_scores_in_bf16(builtin_cuda, clips):
