@@ -115,6 +115,13 @@ def _native_config(dims: TinyDims, vocab: int, tokenizer, longrope: bool = False
     )
 
 
+def _width_scale(width: int, tiny: int = 64) -> float:
+    """1 up to the tiny width, then 1/sqrt(width) relative to it: wider models get proportionally
+    smaller random weights, so that activations at the real checkpoint's shapes stay in a range bf16
+    can hold, as trained ones do; the tiny checkpoints' weights are unchanged."""
+    return min(1.0, (tiny / width) ** 0.5)
+
+
 def _random_state(config, seed: int) -> dict[str, torch.Tensor]:
     """Every native weight, drawn from one seeded generator (not identity norms, not zero biases)."""
     from transformers import Phi4MultimodalForCausalLM
@@ -122,10 +129,7 @@ def _random_state(config, seed: int) -> dict[str, torch.Tensor]:
     with torch.device("meta"):  # shapes only: nothing allocated, fast at the real checkpoint's sizes
         model = Phi4MultimodalForCausalLM(config)
     gen = torch.Generator().manual_seed(seed)
-    # Wider models get proportionally smaller weights (1/sqrt(width) past the tiny 64), so that
-    # activations at the real checkpoint's shapes stay in a range bf16 can hold, as trained ones do.
-    lm_scale = min(1.0, (64 / config.hidden_size) ** 0.5)
-    audio_scale = min(1.0, (64 / config.audio_config.hidden_size) ** 0.5)
+    lm_scale, audio_scale = _width_scale(config.hidden_size), _width_scale(config.audio_config.hidden_size)
     state = {}
     for key, tensor in model.state_dict().items():
         if key == "lm_head.weight" and config.tie_word_embeddings:
@@ -156,9 +160,7 @@ def _lora_state(config, dims: TinyDims, seed: int, name: str) -> dict[str, torch
         "mlp.gate_up_proj": (config.hidden_size, 2 * config.intermediate_size),
         "mlp.down_proj": (config.intermediate_size, config.hidden_size),
     }
-    # scaled like the base weights (see _random_state): unchanged at the tiny sizes
-    a_std = 0.08 * min(1.0, (64 / config.hidden_size) ** 0.5)
-    b_std = 0.08 * min(1.0, (8 / dims.lora_r) ** 0.5)
+    a_std, b_std = 0.08 * _width_scale(config.hidden_size), 0.08 * _width_scale(dims.lora_r, tiny=8)
     out = {}
     for layer in range(config.num_hidden_layers):
         for module, (fan_in, fan_out) in shapes.items():
@@ -247,8 +249,11 @@ def write_tiny_checkpoint(path: str | Path, layout: str = "native", seed: int = 
     tokenizer.save_pretrained(str(root))
     vocab = -(-len(tokenizer) // 64) * 64
     config = _native_config(dims, vocab, tokenizer, longrope)
-    state = {k: v.to(dtype) for k, v in _random_state(config, seed).items()}
-    speech_lora = {k: v.to(dtype) for k, v in _lora_state(config, dims, seed, "speech").items()}
+    def cast(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(dtype) for k, v in tensors.items()}
+
+    state = cast(_random_state(config, seed))
+    speech_lora = cast(_lora_state(config, dims, seed, "speech"))
     gen_config = {"bos_token_id": config.bos_token_id, "eos_token_id": list(config.eos_token_id),
                   "pad_token_id": config.pad_token_id, "use_cache": True}
     (root / "generation_config.json").write_text(json.dumps(gen_config, indent=2))
@@ -267,7 +272,7 @@ def write_tiny_checkpoint(path: str | Path, layout: str = "native", seed: int = 
             "base_model_name_or_path": str(root)}, indent=2))
         return root
 
-    vision_lora = {k: v.to(dtype) for k, v in _lora_state(config, dims, seed, "vision").items()}
+    vision_lora = cast(_lora_state(config, dims, seed, "vision"))
     remote = {}
     lora_modules = {k.rsplit(".lora_", 1)[0] for k in speech_lora}
     for key, tensor in state.items():

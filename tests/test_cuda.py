@@ -40,8 +40,7 @@ SENTENCES = [
 VOICE = ("en-us+m3", 160)
 CACHE_ENV = "SPEECHLORA_TEST_SPEECH"
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (run bench/gpu_check.sh on one)")
-pytestmark = needs_cuda
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (run bench/gpu_check.sh on one)")
 
 
 def _slug(text: str) -> str:
@@ -76,8 +75,8 @@ def clips(tmp_path_factory) -> list[np.ndarray]:
     return [load_audio(speech_file(text, tmp)) for text in SENTENCES]
 
 
-def _wer(hyps: list[str]) -> float:
-    return jiwer.wer(SENTENCES, [re.sub(r"[^a-z' ]", "", h.lower()).strip() for h in hyps])
+def _wer(hyps: list[str], refs: list[str] = SENTENCES) -> float:
+    return jiwer.wer(refs, [re.sub(r"[^a-z' ]", "", h.lower()).strip() for h in hyps])
 
 
 @pytest.fixture(scope="module")
@@ -272,17 +271,15 @@ def test_server_streams_finals_from_the_gpu(builtin_cuda, clips):
             results = list(stream(speech_grpc.SpeechStub(ch), talk, recognition_config("en-US"), timeout=120))
     finals = [r.text for r in results if r.is_final]
     assert len(finals) == 2, finals
-    assert jiwer.wer(SENTENCES[:2], [re.sub(r"[^a-z' ]", "", f.lower()).strip() for f in finals]) <= 0.5
+    assert _wer(finals, SENTENCES[:2]) <= 0.5
 
 
 def test_finetune_trains_in_bf16_on_cuda(tiny_native, tmp_path):
     import yaml
 
     (tmp_path / "audio").mkdir()
-    lines = []
-    for i, text in enumerate(SENTENCES):
-        src = speech_file(text, tmp_path / "audio")
-        lines.append({"audio_filepath": str(src), "duration": 3.0, "text": text, "lang": "en"})
+    lines = [{"audio_filepath": str(speech_file(text, tmp_path / "audio")), "duration": 3.0, "text": text, "lang": "en"}
+             for text in SENTENCES]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines * 2))
     config = {"model": str(tiny_native), "output_dir": str(tmp_path / "run"),
               "data": {"train": [str(tmp_path / "train.jsonl")], "validation": [str(tmp_path / "train.jsonl")],
@@ -304,7 +301,7 @@ def test_finetune_trains_in_bf16_on_cuda(tiny_native, tmp_path):
 
     base = SpeechModel.load(tiny_native, device="cuda")
     tuned = SpeechModel.load(tiny_native, adapter=tmp_path / "run" / "adapter", device="cuda")
-    clip = [load_audio(speech_file(SENTENCES[0], tmp_path / "audio"))]
+    clip = [load_audio(lines[0]["audio_filepath"])]
     assert tuned.generate(clip, max_new_tokens=12) != base.generate(clip, max_new_tokens=12)
 
 
