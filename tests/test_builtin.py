@@ -22,7 +22,7 @@ SENTENCES = [
     "the quick brown fox jumps over the lazy dog",
 ]
 # Corpus WER bound for these clips (the issue's target is 10% on held-out TTS speech, which the
-# shipped model does not reach: 31.2%, 11.9% on this voice; README model card). Measured on
+# shipped model does not reach: 24.7%, 7.7% on this voice; README model card). Measured on
 # these four clips: 0.22. The bound leaves room for other espeak-ng builds, not for a broken model.
 MAX_WER = 0.6
 
@@ -65,10 +65,11 @@ def _wer(hyps):
 
 
 def test_ctc_rescoring_hears_better_than_the_lm_alone(tmp_path):
-    """The shipped CTC head and lexicon (speech/ctc.py) are on by default and cut the errors."""
+    """The shipped CTC head and lexicon (speech/ctc.py) are on by default and cut the errors (the
+    tuned CTC/LM weight is 1 since the 6-block encoder: the speech LM no longer helps on dev)."""
     clips = _unseen_voice_clips(tmp_path)
     model = SpeechModel.load()
-    assert model.ctc_head is not None and model.lexicon is not None and 0 < model.ctc_weight < 1
+    assert model.ctc_head is not None and model.lexicon is not None and 0 < model.ctc_weight <= 1
     with_ctc = model.generate(clips)
     lm_alone = SpeechModel.load(ctc_weight=0).generate(clips)
     assert _wer(with_ctc) < _wer(lm_alone), (with_ctc, lm_alone)

@@ -43,3 +43,19 @@ def test_grow_refuses_to_overwrite_its_source(tmp_path):
     with pytest.raises(SystemExit, match="--out"):
         grow(folder, folder, 2)
     assert (folder / "model.safetensors").is_file()
+
+
+def test_grow_float32_upcasts_the_shipped_fp16_package_unchanged(tmp_path):
+    """--float32: training goes on from the shipped fp16 weights in fp32, values unchanged."""
+    from safetensors.torch import load_file
+
+    source = builtin_path()
+    out = tmp_path / "grown32"
+    grow(source, out, 1, float32=True)
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"
+    for name in ["model.safetensors", "speech-lora/adapter_model.safetensors"]:
+        before, after = load_file(str(source / name)), load_file(str(out / name))
+        assert before.keys() <= after.keys()
+        for key, tensor in before.items():
+            if tensor.is_floating_point():
+                assert after[key].dtype == torch.float32 and torch.equal(after[key], tensor.float()), key

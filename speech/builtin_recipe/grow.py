@@ -1,6 +1,7 @@
 """Deepen a model folder's conformer encoder by appending blocks that start as (near) identities.
 
     python -m speech.builtin_recipe.grow --model work/builtin/stage3u/model --out work/builtin/stage3u_grown --add 2
+    python -m speech.builtin_recipe.grow --model work/builtin/shipped4 --out work/builtin/shipped4_grown --add 2 --float32
 
 Why: by stage 2k more steps of the 4-block encoder had stopped paying (stages 2j and 2k tied
 the encoder before them), while it still misspelled flite's own *training* voices half the time:
@@ -30,8 +31,19 @@ BLOCKS = "model.embed_tokens_extend.audio_embed.encoder.encoders."
 ZEROED = ("feed_forward_in.down_proj.", "feed_forward_out.down_proj.", "self_attn.o_proj.", "conv.ext_pw_conv_1d.")
 
 
-def grow(model: Path, out: Path, add: int) -> int:
-    """Copy `model` to `out` with `add` identity-like blocks appended; returns the new block count."""
+def _float32(path: Path) -> None:
+    """Rewrite one safetensors file with its floating tensors in fp32, keeping its metadata."""
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    state = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in load_file(str(path)).items()}
+    save_file(state, str(path), metadata=metadata)
+
+
+def grow(model: Path, out: Path, add: int, float32: bool = False) -> int:
+    """Copy `model` to `out` with `add` identity-like blocks appended; returns the new block count.
+
+    `float32`: first upcast the weights and the speech LoRA (a shipped fp16 package) so that
+    training goes on in fp32; the values are unchanged, so the grown model hears the same."""
     if add < 1:
         raise SystemExit("error: --add must be at least 1")
     if out.resolve() == model.resolve():
@@ -40,6 +52,10 @@ def grow(model: Path, out: Path, add: int) -> int:
         shutil.rmtree(out)
     shutil.copytree(model, out)
     config = json.loads((out / "config.json").read_text())
+    if float32:
+        for path in [out / "model.safetensors", *sorted((out / "speech-lora").glob("*.safetensors"))]:
+            _float32(path)
+        config["torch_dtype"] = config["dtype"] = "float32"
     blocks = config["audio_config"]["num_blocks"]
     weights = out / "model.safetensors"
     with safe_open(str(weights), "pt") as f:
@@ -65,11 +81,13 @@ def grow(model: Path, out: Path, add: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, type=Path, help="native model folder (fp32 weights)")
+    parser.add_argument("--model", required=True, type=Path, help="native model folder (fp32 weights, or fp16 with --float32)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--add", type=int, default=2, help="blocks to append (default 2)")
+    parser.add_argument("--float32", action="store_true",
+                        help="upcast the weights and speech LoRA to fp32 first (from a shipped fp16 package)")
     args = parser.parse_args()
-    total = grow(args.model, args.out, args.add)
+    total = grow(args.model, args.out, args.add, float32=args.float32)
     print(f"{args.out}: encoder of {total} blocks ({args.add} appended)")
 
 

