@@ -22,8 +22,8 @@ SENTENCES = [
     "the quick brown fox jumps over the lazy dog",
 ]
 # Corpus WER bound for these clips (the issue's target is 10% on held-out TTS speech, which the
-# shipped model does not reach: 24.7%, 7.7% on this voice; README model card). Measured on
-# these four clips: 0.22. The bound leaves room for other espeak-ng builds, not for a broken model.
+# shipped model does not reach: 22.9%, 7.7% on this voice; README model card). Measured on
+# these four clips: 0.25. The bound leaves room for other espeak-ng builds, not for a broken model.
 MAX_WER = 0.6
 
 
@@ -66,13 +66,16 @@ def _wer(hyps):
 
 def test_ctc_rescoring_hears_better_than_the_lm_alone(tmp_path):
     """The shipped CTC head and lexicon (speech/ctc.py) are on by default and cut the errors (the
-    tuned CTC/LM weight is 1 since the 6-block encoder: the speech LM no longer helps on dev)."""
+    tuned CTC/LM weight may be 1, CTC + n-gram alone, as it was for stage 2o)."""
     clips = _unseen_voice_clips(tmp_path)
     model = SpeechModel.load()
     assert model.ctc_head is not None and model.lexicon is not None and 0 < model.ctc_weight <= 1
     with_ctc = model.generate(clips)
     lm_alone = SpeechModel.load(ctc_weight=0).generate(clips)
     assert _wer(with_ctc) < _wer(lm_alone), (with_ctc, lm_alone)
+    # the LM pass over CTC's candidates (0 < w < 1) decodes too, whatever the stored weight
+    rescored = SpeechModel.load(ctc_weight=0.85).generate(clips)
+    assert _wer(rescored) < _wer(lm_alone) and _wer(rescored) <= MAX_WER, (rescored, lm_alone)
 
 
 def test_silence_is_an_empty_transcript_with_ctc(builtin):
@@ -265,3 +268,10 @@ def test_tune_ctc_second_pass_keeps_the_stored_settings(tmp_path, monkeypatch):
     assert sorted(record["dev_wer"]) == ["w=0.6 beam=4 alpha=0.4 beta=1.5 oov=3.0",
                                          "w=0.6 beam=8 alpha=0.4 beta=1.5 oov=3.0"]
     assert record["before"] == {"dev_wer": {"first": 1.0}}
+
+
+def test_package_stays_within_its_size_budget():
+    """Issue 6: the built-in model ships inside the package, <= 60 MB with its adapters."""
+    root = builtin_path().parent
+    total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
+    assert total <= 60_000_000, f"speech/builtin is {total / 1e6:.1f} MB"

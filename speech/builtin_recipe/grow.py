@@ -13,8 +13,8 @@ output, so the grown model hears as before (greedy CTC WER on dev_unseen 44.25 %
 grown, untrained; keeping the copied LayerNorm's affine instead gave 46.75 %) and training starts
 from the trained model rather than from a perturbed one. The config's `audio_config.num_blocks`
 is raised; nothing else in the folder changes, so every loader reads the result as it is.
-Tried as stage 2l (docs/builtin-model.md): greedy CTC WER 2-5 points lower on every dev set, not
-shipped yet (held-out TTS after the decoder not better; the Spanish adapter recipe hurt on it).
+Tried alone as stage 2l (greedy CTC WER 2-5 points lower on every dev set, held-out TTS after
+the decoder not better), then with a Piper voice as stage 2o, which ships (docs/builtin-model.md).
 """
 
 from __future__ import annotations
