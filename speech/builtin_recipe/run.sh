@@ -129,13 +129,13 @@ speechlora data tts $W/text/dev40.txt --out $D/flite_dev --voice flite:awb --voi
     --dev 0.99 --test 0 --splits dev --seed 3
 python -m speech.builtin_recipe.grow --model $W/shipped4 --out $W/shipped4_grown --add 2 --float32
 PIPER=(); for i in 1 2 3 4; do PIPER+=(--manifest $D/tts_piper/train.jsonl); done
+AUG=(--speed-perturb 0.1 --specaugment --vtlp 0.15 --vtlp-shift 0.05 --narrowband 0.3)  # 2i's augmentations
+GREEDY_DEV=(--manifest $D/dev_unseen/dev.jsonl --manifest $D/asterisk_en/dev.jsonl --manifest $D/tts_espeak/dev.jsonl
+    --manifest $D/flite_dev/dev.jsonl)  # ctc_wer's four dev sets, stages 2o-2q
 python -m speech.builtin_recipe.ctc --model $W/shipped4_grown --out $W/stage2o \
     --init-head $W/shipped4/ctc_head.safetensors "${PITCHED[@]}" "${PIPER[@]}" --lr 2e-4 --warmup 50 \
-    --steps 2600 --max-minutes 40 --speed-perturb 0.1 --specaugment --vtlp 0.15 --vtlp-shift 0.05 \
-    --narrowband 0.3 --seed 17
-python -m speech.builtin_recipe.ctc_wer --model $W/shipped4 --model $W/stage2o \
-    --manifest $D/dev_unseen/dev.jsonl --manifest $D/asterisk_en/dev.jsonl --manifest $D/tts_espeak/dev.jsonl \
-    --manifest $D/flite_dev/dev.jsonl
+    --steps 2600 --max-minutes 40 "${AUG[@]}" --seed 17
+python -m speech.builtin_recipe.ctc_wer --model $W/shipped4 --model $W/stage2o "${GREEDY_DEV[@]}"
 python -m speech.builtin_recipe.graft --model $W/shipped4_grown --encoder-from $W/stage2o --out $W/stage2o_graft
 python -m speech.builtin_recipe.mix --out $D/stage3v/train.jsonl $D/tts_espeak/train.jsonl:8000 \
     $D/tts_flite/train.jsonl:3000 $D/tts_flite_pitch/train.jsonl:2000 $D/tts_festival/train.jsonl:1000 \
@@ -146,22 +146,16 @@ speechlora finetune speech/builtin_recipe/stage3x.yaml
 # lower on every dev set. Graft, and stage3y.yaml refits the projector and LoRA as 3x did (~6 min)
 python -m speech.builtin_recipe.ctc --model $W/stage2o --out $W/stage2p \
     --init-head $W/stage2o/ctc_head.safetensors "${PITCHED[@]}" "${PIPER[@]}" --lr 1e-4 --warmup 30 \
-    --steps 2000 --max-minutes 45 --speed-perturb 0.1 --specaugment --vtlp 0.15 --vtlp-shift 0.05 \
-    --narrowband 0.3 --seed 18
-python -m speech.builtin_recipe.ctc_wer --model $W/stage2o --model $W/stage2p \
-    --manifest $D/dev_unseen/dev.jsonl --manifest $D/asterisk_en/dev.jsonl --manifest $D/tts_espeak/dev.jsonl \
-    --manifest $D/flite_dev/dev.jsonl
+    --steps 2000 --max-minutes 45 "${AUG[@]}" --seed 18
+python -m speech.builtin_recipe.ctc_wer --model $W/stage2o --model $W/stage2p "${GREEDY_DEV[@]}"
 python -m speech.builtin_recipe.graft --model $W/shipped4_grown --encoder-from $W/stage2p --out $W/stage2p_graft
 speechlora finetune speech/builtin_recipe/stage3y.yaml
 # stage 2q: once more from 2p, the same way (seed 19; ~37 min): greedy CTC WER lower on three dev
 # sets of four; stage3z.yaml refits (~6 min)
 python -m speech.builtin_recipe.ctc --model $W/stage2p --out $W/stage2q \
     --init-head $W/stage2p/ctc_head.safetensors "${PITCHED[@]}" "${PIPER[@]}" --lr 1e-4 --warmup 30 \
-    --steps 2000 --max-minutes 40 --speed-perturb 0.1 --specaugment --vtlp 0.15 --vtlp-shift 0.05 \
-    --narrowband 0.3 --seed 19
-python -m speech.builtin_recipe.ctc_wer --model $W/stage2p --model $W/stage2q \
-    --manifest $D/dev_unseen/dev.jsonl --manifest $D/asterisk_en/dev.jsonl --manifest $D/tts_espeak/dev.jsonl \
-    --manifest $D/flite_dev/dev.jsonl
+    --steps 2000 --max-minutes 40 "${AUG[@]}" --seed 19
+python -m speech.builtin_recipe.ctc_wer --model $W/stage2p --model $W/stage2q "${GREEDY_DEV[@]}"
 python -m speech.builtin_recipe.graft --model $W/shipped4_grown --encoder-from $W/stage2q --out $W/stage2q_graft
 speechlora finetune speech/builtin_recipe/stage3z.yaml
 python -m speech.builtin_recipe.ship --from $W/stage3z/model --to speech/builtin/model \
