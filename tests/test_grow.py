@@ -33,6 +33,8 @@ def test_grown_encoder_starts_as_the_original(tmp_path, speech_clips):
 def test_grow_refuses_nothing_to_add(tmp_path):
     with pytest.raises(SystemExit, match="--add"):
         grow(builtin_path(), tmp_path / "x", 0)
+    with pytest.raises(SystemExit, match="--add"):
+        grow(builtin_path(), tmp_path / "x", -1, float32=True)
 
 
 def test_grow_refuses_to_overwrite_its_source(tmp_path):
@@ -45,14 +47,18 @@ def test_grow_refuses_to_overwrite_its_source(tmp_path):
     assert (folder / "model.safetensors").is_file()
 
 
-def test_grow_float32_upcasts_the_shipped_fp16_package_unchanged(tmp_path):
-    """--float32: training goes on from the shipped fp16 weights in fp32, values unchanged."""
+@pytest.mark.parametrize("add", [1, 0])
+def test_grow_float32_upcasts_the_shipped_fp16_package_unchanged(tmp_path, add):
+    """--float32: training goes on from the shipped fp16 weights in fp32, values unchanged
+    (--add 0: only that, the working copy a new round of training starts from)."""
     from safetensors.torch import load_file
 
     source = builtin_path()
     out = tmp_path / "grown32"
-    grow(source, out, 1, float32=True)
-    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"
+    blocks = json.loads((source / "config.json").read_text())["audio_config"]["num_blocks"]
+    assert grow(source, out, add, float32=True) == blocks + add
+    config = json.loads((out / "config.json").read_text())
+    assert config["torch_dtype"] == "float32" and config["audio_config"]["num_blocks"] == blocks + add
     for name in ["model.safetensors", "speech-lora/adapter_model.safetensors"]:
         before, after = load_file(str(source / name)), load_file(str(out / name))
         assert before.keys() <= after.keys()

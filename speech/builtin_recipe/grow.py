@@ -43,9 +43,11 @@ def grow(model: Path, out: Path, add: int, float32: bool = False) -> int:
     """Copy `model` to `out` with `add` identity-like blocks appended; returns the new block count.
 
     `float32`: first upcast the weights and the speech LoRA (a shipped fp16 package) so that
-    training goes on in fp32; the values are unchanged, so the grown model hears the same."""
-    if add < 1:
-        raise SystemExit("error: --add must be at least 1")
+    training goes on in fp32; the values are unchanged, so the grown model hears the same. With
+    `add` 0 it only upcasts: how a new round of training starts from the shipped package when the
+    fp32 files of the round before are gone."""
+    if add < 0 or (add == 0 and not float32):
+        raise SystemExit("error: --add must be at least 1 (or 0 with --float32: an fp32 working copy)")
     if out.resolve() == model.resolve():
         raise SystemExit("error: --out must be a new folder, not --model (it is replaced)")
     if out.exists():
@@ -57,6 +59,9 @@ def grow(model: Path, out: Path, add: int, float32: bool = False) -> int:
             _float32(path)
         config["torch_dtype"] = config["dtype"] = "float32"
     blocks = config["audio_config"]["num_blocks"]
+    if add == 0:
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        return blocks
     weights = out / "model.safetensors"
     with safe_open(str(weights), "pt") as f:
         metadata = f.metadata()
@@ -83,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path, help="native model folder (fp32 weights, or fp16 with --float32)")
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--add", type=int, default=2, help="blocks to append (default 2)")
+    parser.add_argument("--add", type=int, default=2, help="blocks to append (default 2; 0 with --float32 only upcasts)")
     parser.add_argument("--float32", action="store_true",
                         help="upcast the weights and speech LoRA to fp32 first (from a shipped fp16 package)")
     args = parser.parse_args()
