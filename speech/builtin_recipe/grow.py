@@ -59,10 +59,16 @@ def grow(model: Path, out: Path, add: int, float32: bool = False) -> int:
             _float32(path)
         config["torch_dtype"] = config["dtype"] = "float32"
     blocks = config["audio_config"]["num_blocks"]
-    if add == 0:
-        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        return blocks
-    weights = out / "model.safetensors"
+    if add:
+        _append_blocks(out / "model.safetensors", blocks, add)
+        config["audio_config"]["num_blocks"] = blocks + add
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return blocks + add
+
+
+def _append_blocks(weights: Path, blocks: int, add: int) -> None:
+    """Append `add` copies of the last of `blocks` encoder blocks to `weights`, each made a
+    near-identity (its output projections zeroed, its closing norm reset)."""
     with safe_open(str(weights), "pt") as f:
         metadata = f.metadata()
     state = load_file(str(weights))
@@ -79,9 +85,6 @@ def grow(model: Path, out: Path, add: int, float32: bool = False) -> int:
                 tensor.fill_(1.0 if name.endswith("weight") else 0.0)
             state[f"{BLOCKS}{i}.{name}"] = tensor
     save_file(state, str(weights), metadata=metadata)
-    config["audio_config"]["num_blocks"] = blocks + add
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return blocks + add
 
 
 def main() -> None:

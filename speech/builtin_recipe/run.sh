@@ -131,7 +131,7 @@ python -m speech.builtin_recipe.grow --model $W/shipped4 --out $W/shipped4_grown
 PIPER=(); for i in 1 2 3 4; do PIPER+=(--manifest $D/tts_piper/train.jsonl); done
 AUG=(--speed-perturb 0.1 --specaugment --vtlp 0.15 --vtlp-shift 0.05 --narrowband 0.3)  # 2i's augmentations
 GREEDY_DEV=(--manifest $D/dev_unseen/dev.jsonl --manifest $D/asterisk_en/dev.jsonl --manifest $D/tts_espeak/dev.jsonl
-    --manifest $D/flite_dev/dev.jsonl)  # ctc_wer's four dev sets, stages 2o-2q
+    --manifest $D/flite_dev/dev.jsonl)  # ctc_wer's four dev sets, stages 2o-2r
 python -m speech.builtin_recipe.ctc --model $W/shipped4_grown --out $W/stage2o \
     --init-head $W/shipped4/ctc_head.safetensors "${PITCHED[@]}" "${PIPER[@]}" --lr 2e-4 --warmup 50 \
     --steps 2600 --max-minutes 40 "${AUG[@]}" --seed 17
@@ -142,34 +142,28 @@ python -m speech.builtin_recipe.mix --out $D/stage3v/train.jsonl $D/tts_espeak/t
     $D/tts_espeak_more/train.jsonl:2000 $D/tts_piper/train.jsonl:2000 $D/asterisk_en/train.jsonl:x8 \
     $D/asterisk_es/train.jsonl:x4 $D/asterisk_fr/train.jsonl:x4
 speechlora finetune speech/builtin_recipe/stage3x.yaml
-# stage 2p: 2o's encoder and head go on, same mix, 2,000 steps at lr 1e-4 (~37 min); greedy CTC WER
-# lower on every dev set. Graft, and stage3y.yaml refits the projector and LoRA as 3x did (~6 min)
-python -m speech.builtin_recipe.ctc --model $W/stage2o --out $W/stage2p \
-    --init-head $W/stage2o/ctc_head.safetensors "${PITCHED[@]}" "${PIPER[@]}" --lr 1e-4 --warmup 30 \
-    --steps 2000 --max-minutes 45 "${AUG[@]}" --seed 18
-python -m speech.builtin_recipe.ctc_wer --model $W/stage2o --model $W/stage2p "${GREEDY_DEV[@]}"
-python -m speech.builtin_recipe.graft --model $W/shipped4_grown --encoder-from $W/stage2p --out $W/stage2p_graft
-speechlora finetune speech/builtin_recipe/stage3y.yaml
-# stage 2q: once more from 2p, the same way (seed 19; ~37 min): greedy CTC WER lower on three dev
-# sets of four; stage3z.yaml refits (~6 min)
-python -m speech.builtin_recipe.ctc --model $W/stage2p --out $W/stage2q \
-    --init-head $W/stage2p/ctc_head.safetensors "${PITCHED[@]}" "${PIPER[@]}" --lr 1e-4 --warmup 30 \
-    --steps 2000 --max-minutes 40 "${AUG[@]}" --seed 19
-python -m speech.builtin_recipe.ctc_wer --model $W/stage2p --model $W/stage2q "${GREEDY_DEV[@]}"
-python -m speech.builtin_recipe.graft --model $W/shipped4_grown --encoder-from $W/stage2q --out $W/stage2q_graft
-speechlora finetune speech/builtin_recipe/stage3z.yaml
+# stages 2p-2r: one more CTC round on 2o's mix and augmentations at lr 1e-4 (30 warm-up steps), the
+# greedy CTC WER against the round before, graft onto GRAFT_ONTO and refit the projector + LoRA.
+#   ctc_round FROM OUT STEPS MINUTES SEED GRAFT_ONTO STAGE3_YAML   (FROM holds the model and its head)
+ctc_round() {
+    python -m speech.builtin_recipe.ctc --model "$1" --out "$2" --init-head "$1/ctc_head.safetensors" \
+        "${PITCHED[@]}" "${PIPER[@]}" --lr 1e-4 --warmup 30 --steps "$3" --max-minutes "$4" "${AUG[@]}" --seed "$5"
+    python -m speech.builtin_recipe.ctc_wer --model "$1" --model "$2" "${GREEDY_DEV[@]}"
+    python -m speech.builtin_recipe.graft --model "$6" --encoder-from "$2" --out "$2_graft"
+    speechlora finetune "$7"
+}
+# stage 2p: 2o's encoder and head go on, 2,000 steps (~37 min); greedy CTC WER lower on every dev
+# set; stage3y.yaml refits as 3x did (~6 min)
+ctc_round $W/stage2o $W/stage2p 2000 45 18 $W/shipped4_grown speech/builtin_recipe/stage3y.yaml
+# stage 2q: once more from 2p (~37 min): greedy CTC WER lower on three dev sets of four; stage3z.yaml
+ctc_round $W/stage2p $W/stage2q 2000 40 19 $W/shipped4_grown speech/builtin_recipe/stage3z.yaml
 python -m speech.builtin_recipe.ship --from $W/stage3z/model --to $W/shipped2q \
     --ctc-head $W/stage2q/ctc_head.safetensors --lexicon-from $W/text/lm.txt --ngram-from $W/text/lm.txt
-# stage 2r: once more (seed 20; 1,800 steps, ~38 min), from the 2q package's fp16 weights upcast
-# (`grow --add 0 --float32`: how this round was run, 2q's fp32 files being gone by then); graft
-# onto that copy, so stage3zr.yaml refits from 3z's projector and LoRA (~6 min)
+# stage 2r: once more (1,800 steps, ~38 min), from the 2q package's fp16 weights upcast (`grow --add
+# 0 --float32`: how this round was run, 2q's fp32 files being gone by then), grafted onto that copy,
+# so stage3zr.yaml refits from 3z's projector and LoRA (~6 min)
 python -m speech.builtin_recipe.grow --model $W/shipped2q --out $W/shipped32 --add 0 --float32
-python -m speech.builtin_recipe.ctc --model $W/shipped32 --out $W/stage2r \
-    --init-head $W/shipped2q/ctc_head.safetensors "${PITCHED[@]}" "${PIPER[@]}" --lr 1e-4 --warmup 30 \
-    --steps 1800 --max-minutes 38 "${AUG[@]}" --seed 20
-python -m speech.builtin_recipe.ctc_wer --model $W/shipped32 --model $W/stage2r "${GREEDY_DEV[@]}"
-python -m speech.builtin_recipe.graft --model $W/shipped32 --encoder-from $W/stage2r --out $W/stage2r_graft
-speechlora finetune speech/builtin_recipe/stage3zr.yaml
+ctc_round $W/shipped32 $W/stage2r 1800 38 20 $W/shipped32 speech/builtin_recipe/stage3zr.yaml
 python -m speech.builtin_recipe.ship --from $W/stage3zr/model --to speech/builtin/model \
     --ctc-head $W/stage2r/ctc_head.safetensors --lexicon-from $W/text/lm.txt --ngram-from $W/text/lm.txt
 # the decoding weights (CTC/LM, word n-gram, word bonus) at beam 48 and unknown-word penalty 6 (the
