@@ -346,6 +346,38 @@ def test_graft_swaps_only_the_encoder(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_graft_of_two_donors_takes_their_mean(tmp_path):
+    """Two --encoder-from folders: the encoder and the CTC head are the element-wise means of the
+    donors' (checked against the donors loaded separately); a donor without a head is refused
+    rather than averaged with the other's, and leaves no half-written folder."""
+    from safetensors.torch import load_file
+
+    from speech.builtin_recipe.graft import graft
+    from speech.model import SpeechModel
+    from speech.tiny import write_tiny_checkpoint
+
+    base = write_tiny_checkpoint(tmp_path / "base", seed=0)
+    a, b = write_tiny_checkpoint(tmp_path / "a", seed=1), write_tiny_checkpoint(tmp_path / "b", seed=2)
+    for folder in (base, a, b):
+        _write_ctc_files(folder)
+    heads = [load_file(str(d / "ctc_head.safetensors")) for d in (a, b)]
+    assert not torch.equal(heads[0]["weight"], heads[1]["weight"])
+    out = tmp_path / "mean"
+    assert graft(base, [a, b], out) > 0
+    mean, ma, mb = SpeechModel.load(out), SpeechModel.load(a), SpeechModel.load(b)
+    for (name, p), q, r in zip(mean.encoder.state_dict().items(), ma.encoder.state_dict().values(),
+                               mb.encoder.state_dict().values()):
+        assert torch.allclose(p, (q + r) / 2, atol=1e-6), name
+    head = load_file(str(out / "ctc_head.safetensors"))
+    for key, value in head.items():
+        assert torch.allclose(value, (heads[0][key] + heads[1][key]) / 2), key
+    assert mean.ctc_head is not None
+    (b / "ctc_head.safetensors").unlink()
+    with pytest.raises(SystemExit, match="1 of 2 donors"):
+        graft(base, [a, b], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_adapter_names_its_base_without_the_training_machine_path(tmp_path):
     """peft's base_model_name_or_path: a user's folder as given; the built-in model by name."""
     from speech.finetune.trainer import _base_name
