@@ -350,7 +350,8 @@ def test_graft_of_two_donors_takes_their_mean(tmp_path):
     """Two --encoder-from folders: the encoder and the CTC head are the element-wise means of the
     donors' (checked against the donors loaded separately); a donor without a head is refused
     rather than averaged with the other's, and leaves no half-written folder."""
-    from safetensors.torch import load_file
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     from speech.builtin_recipe.graft import graft
     from speech.model import SpeechModel
@@ -362,6 +363,10 @@ def test_graft_of_two_donors_takes_their_mean(tmp_path):
         _write_ctc_files(folder)
     heads = [load_file(str(d / "ctc_head.safetensors")) for d in (a, b)]
     assert not torch.equal(heads[0]["weight"], heads[1]["weight"])
+    with safe_open(str(b / "ctc_head.safetensors"), "pt") as f:
+        meta = f.metadata()
+    # Tuned decoding settings may differ (the first donor's are kept); the alphabet may not.
+    save_file(heads[1], str(b / "ctc_head.safetensors"), metadata={**meta, "decode_weight": "1.0"})
     out = tmp_path / "mean"
     assert graft(base, [a, b], out) > 0
     mean, ma, mb = SpeechModel.load(out), SpeechModel.load(a), SpeechModel.load(b)
@@ -372,6 +377,12 @@ def test_graft_of_two_donors_takes_their_mean(tmp_path):
     for key, value in head.items():
         assert torch.allclose(value, (heads[0][key] + heads[1][key]) / 2), key
     assert mean.ctc_head is not None
+    with safe_open(str(out / "ctc_head.safetensors"), "pt") as f:
+        assert f.metadata()["decode_weight"] == "0.7"
+    save_file(heads[1], str(b / "ctc_head.safetensors"), metadata={**meta, "chars": meta["chars"][::-1]})
+    with pytest.raises(SystemExit, match="characters or upsampling"):
+        graft(base, [a, b], tmp_path / "other_alphabet")
+    assert not (tmp_path / "other_alphabet").exists()
     (b / "ctc_head.safetensors").unlink()
     with pytest.raises(SystemExit, match="1 of 2 donors"):
         graft(base, [a, b], tmp_path / "bad")

@@ -51,8 +51,11 @@ def _head(donors: list[Path], out: Path) -> None:
     for head in heads:
         with safe_open(str(head), "pt") as f:
             metas.append(f.metadata())
-    if any(m != metas[0] for m in metas):
-        raise SystemExit("error: the donors' CTC heads differ in their metadata (characters, upsampling)")
+    shape = ("chars", "upsample")
+    if any(m.get(k) != metas[0].get(k) for m in metas for k in shape):
+        raise SystemExit("error: the donors' CTC heads differ in their characters or upsampling")
+    # The tuned decoding settings stored beside them (weights, beam) are the first donor's: tune
+    # the grafted model again (tune_ctc --write) before shipping it.
     save_file(_mean([load_file(str(h)) for h in heads]), str(out / HEAD_FILE), metadata=metas[0])
 
 
