@@ -1,6 +1,6 @@
 """`speechlora data`: manifests from TTS, a folder of recordings, and the Asterisk prompts.
 
-Real engines (espeak-ng, flite, festival, piper), real files, the real CLI; no mocks."""
+Real engines (espeak-ng, flite, festival, pico, piper), real files, the real CLI; no mocks."""
 
 from __future__ import annotations
 

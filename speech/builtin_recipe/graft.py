@@ -37,16 +37,12 @@ def _mean(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: (sum(s[k].float() for s in states) / len(states)).to(v.dtype) for k, v in states[0].items()}
 
 
-def _head(donors: list[Path], out: Path) -> None:
-    """The donors' CTC head (their mean when several) into ``out``; none if no donor has one."""
+def _donor_heads(donors: list[Path]) -> tuple[list[Path], dict[str, str]]:
+    """The donors' CTC head files and the metadata to write with their mean, checked before
+    anything is written: all donors have one or none does, and averaged heads share an alphabet."""
     heads = [d / HEAD_FILE for d in donors if (d / HEAD_FILE).exists()]
-    if not heads:
-        return
-    if len(heads) != len(donors):
+    if heads and len(heads) != len(donors):
         raise SystemExit(f"error: only {len(heads)} of {len(donors)} donors have a {HEAD_FILE} to average")
-    if len(heads) == 1:
-        shutil.copyfile(heads[0], out / HEAD_FILE)
-        return
     metas = []
     for head in heads:
         with safe_open(str(head), "pt") as f:
@@ -56,12 +52,13 @@ def _head(donors: list[Path], out: Path) -> None:
         raise SystemExit("error: the donors' CTC heads differ in their characters or upsampling")
     # The tuned decoding settings stored beside them (weights, beam) are the first donor's: tune
     # the grafted model again (tune_ctc --write) before shipping it.
-    save_file(_mean([load_file(str(h)) for h in heads]), str(out / HEAD_FILE), metadata=metas[0])
+    return heads, metas[0] if metas else {}
 
 
 def graft(model: Path, encoder_from: Path | list[Path], out: Path) -> int:
     """Write `out`; returns how many encoder tensors were replaced."""
     donors = [encoder_from] if isinstance(encoder_from, Path) else list(encoder_from)
+    heads, head_metadata = _donor_heads(donors)
     state = load_file(str(model / "model.safetensors"))
     mine = {k for k in state if k.startswith(ENCODER)}
     encoders = []
@@ -80,11 +77,10 @@ def graft(model: Path, encoder_from: Path | list[Path], out: Path) -> int:
     shutil.copytree(model, out, ignore=shutil.ignore_patterns("model.safetensors"))
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / HEAD_FILE).unlink(missing_ok=True)
-    try:
-        _head(donors, out)
-    except SystemExit:
-        shutil.rmtree(out)
-        raise
+    if len(heads) == 1:
+        shutil.copyfile(heads[0], out / HEAD_FILE)
+    elif heads:
+        save_file(_mean([load_file(str(h)) for h in heads]), str(out / HEAD_FILE), metadata=head_metadata)
     return len(mine)
 
 
