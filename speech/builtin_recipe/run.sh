@@ -148,11 +148,16 @@ speechlora finetune speech/builtin_recipe/stage3x.yaml
 # greedy CTC WER against the round before, graft onto GRAFT_ONTO and refit the projector + LoRA.
 #   ctc_round FROM OUT STEPS MINUTES SEED GRAFT_ONTO STAGE3_YAML   (FROM holds the model and its head;
 #   EXTRA: more --manifest arguments for the CTC mix)
+#   ctc_step FROM OUT STEPS MINUTES SEED: the CTC round and its greedy WER alone (stage 2t grafts
+#   a mean of two donors instead)
 EXTRA=()
-ctc_round() {
+ctc_step() {
     python -m speech.builtin_recipe.ctc --model "$1" --out "$2" --init-head "$1/ctc_head.safetensors" \
         "${PITCHED[@]}" "${PIPER[@]}" "${EXTRA[@]}" --lr 1e-4 --warmup 30 --steps "$3" --max-minutes "$4" "${AUG[@]}" --seed "$5"
     python -m speech.builtin_recipe.ctc_wer --model "$1" --model "$2" "${GREEDY_DEV[@]}"
+}
+ctc_round() {
+    ctc_step "$1" "$2" "$3" "$4" "$5"
     python -m speech.builtin_recipe.graft --model "$6" --encoder-from "$2" --out "$2_graft"
     speechlora finetune "$7"
 }
@@ -179,10 +184,12 @@ speechlora data tts $W/text/tts_train_pico.txt --voices-file $D/voices_pico.txt 
     --splits train --dev 0 --test 0 --out $D/tts_pico --speed 0.9,1.0,1.1 --noise-prob 0.3 --snr 10:30 --jobs 2 --seed 4
 speechlora data tts $W/text/dev40.txt --out $D/pico_dev --voice pico:en-US --voice pico:en-GB --voices-per-sentence 1 \
     --dev 0.99 --test 0 --splits dev --seed 3
-python -m speech.builtin_recipe.mix --out $D/stage3w/train.jsonl $D/tts_espeak/train.jsonl:8000 \
-    $D/tts_flite/train.jsonl:3000 $D/tts_flite_pitch/train.jsonl:2000 $D/tts_festival/train.jsonl:1000 \
-    $D/tts_espeak_more/train.jsonl:2000 $D/tts_piper/train.jsonl:2000 $D/tts_pico/train.jsonl:2000 \
-    $D/asterisk_en/train.jsonl:x8 $D/asterisk_es/train.jsonl:x4 $D/asterisk_fr/train.jsonl:x4
+# stage 3w's mix, TTS then real recordings (3zt adds a corpus between the two: the order sets the shuffle)
+MIX3W_TTS=($D/tts_espeak/train.jsonl:8000 $D/tts_flite/train.jsonl:3000 $D/tts_flite_pitch/train.jsonl:2000
+    $D/tts_festival/train.jsonl:1000 $D/tts_espeak_more/train.jsonl:2000 $D/tts_piper/train.jsonl:2000
+    $D/tts_pico/train.jsonl:2000)
+MIX3W_REAL=($D/asterisk_en/train.jsonl:x8 $D/asterisk_es/train.jsonl:x4 $D/asterisk_fr/train.jsonl:x4)
+python -m speech.builtin_recipe.mix --out $D/stage3w/train.jsonl "${MIX3W_TTS[@]}" "${MIX3W_REAL[@]}"
 EXTRA=(--manifest $D/tts_pico/train.jsonl --manifest $D/tts_pico/train.jsonl --manifest $D/tts_pico/train.jsonl)
 GREEDY_DEV+=(--manifest $D/pico_dev/dev.jsonl)
 ctc_round $W/stage2r $W/stage2s 1800 40 21 $W/stage3zr/model speech/builtin_recipe/stage3zs.yaml
@@ -202,15 +209,11 @@ for v in en-US en-GB; do for r in 0.8 0.95 1.1 1.25; do for p in 60 78 95 112 13
 speechlora data tts $W/text/tts_train_pico2.txt --voices-file $D/voices_pico2.txt --voices-per-sentence 1 \
     --splits train --dev 0 --test 0 --out $D/tts_pico2 --speed 0.9,1.0,1.1 --noise-prob 0.3 --snr 10:30 --jobs 2 --seed 5
 EXTRA=(--manifest $D/tts_pico/train.jsonl --manifest $D/tts_pico2/train.jsonl --manifest $D/tts_pico2/train.jsonl)
-python -m speech.builtin_recipe.ctc --model $W/stage2rs_graft --out $W/stage2t --init-head $W/stage2rs_graft/ctc_head.safetensors \
-    "${PITCHED[@]}" "${PIPER[@]}" "${EXTRA[@]}" --lr 1e-4 --warmup 30 --steps 1800 --max-minutes 40 "${AUG[@]}" --seed 22
-python -m speech.builtin_recipe.ctc_wer --model $W/stage2rs_graft --model $W/stage2t "${GREEDY_DEV[@]}"
+ctc_step $W/stage2rs_graft $W/stage2t 1800 40 22
 python -m speech.builtin_recipe.graft --model $W/stage3zs/model --encoder-from $W/stage2rs_graft --encoder-from $W/stage2t \
     --out $W/stage2t_mean_graft
-python -m speech.builtin_recipe.mix --out $D/stage3zt/train.jsonl $D/tts_espeak/train.jsonl:8000 \
-    $D/tts_flite/train.jsonl:3000 $D/tts_flite_pitch/train.jsonl:2000 $D/tts_festival/train.jsonl:1000 \
-    $D/tts_espeak_more/train.jsonl:2000 $D/tts_piper/train.jsonl:2000 $D/tts_pico/train.jsonl:2000 \
-    $D/tts_pico2/train.jsonl:2000 $D/asterisk_en/train.jsonl:x8 $D/asterisk_es/train.jsonl:x4 $D/asterisk_fr/train.jsonl:x4
+python -m speech.builtin_recipe.mix --out $D/stage3zt/train.jsonl "${MIX3W_TTS[@]}" $D/tts_pico2/train.jsonl:2000 \
+    "${MIX3W_REAL[@]}"
 speechlora finetune speech/builtin_recipe/stage3zt.yaml
 python -m speech.builtin_recipe.ship --from $W/stage3zt/model --to speech/builtin/model \
     --ctc-head $W/stage2t_mean_graft/ctc_head.safetensors --lexicon-from $W/text/lm.txt --ngram-from $W/text/lm.txt
