@@ -168,6 +168,31 @@ def test_pico_voice_corpus(tmp_path):
     assert clips["pico:en-GB,rate=1.25,pitch=130"]["duration"] < plain
 
 
+@pytest.mark.skipif(shutil.which("mbrola") is None or not Path("/usr/share/mbrola/us1").is_dir(),
+                    reason="MBROLA: apt-get install mbrola mbrola-us1 (Debian contrib/non-free)")
+def test_mbrola_voice_corpus(tmp_path):
+    """espeak-ng driving an MBROLA diphone voice: a real woman's voice whose rate and pitch move."""
+    out, one = tmp_path / "mbrola", tmp_path / "one.txt"
+    one.write_text(SENTENCES[0] + "\n")
+    voices = ["espeak-ng:mb-us1", "espeak-ng:mb-us1,rate=0.8", "espeak-ng:mb-us1,pitch=20"]
+    argv = ["data", "tts", str(one), "--out", str(out), "--dev", "0", "--test", "0"]
+    for voice in voices:
+        argv += ["--voice", voice]
+    assert speechlora(argv) == 0
+    manifests = load(out)
+    check_corpus(out, manifests)
+    clips = {r["voice"]: r for r in manifests["train"]}
+    assert sorted(clips) == sorted(voices)
+
+    def median_f0(voice: str) -> float:
+        samples, sr = sf.read(clips[voice]["audio_filepath"])
+        f0, _, _ = librosa.pyin(samples.astype(np.float64), fmin=60, fmax=400, sr=sr)
+        return float(np.nanmedian(f0))
+
+    assert 1.1 < clips["espeak-ng:mb-us1,rate=0.8"]["duration"] / clips["espeak-ng:mb-us1"]["duration"] < 1.4
+    assert median_f0("espeak-ng:mb-us1,pitch=20") < 0.9 * median_f0("espeak-ng:mb-us1")   # ~150 vs ~190 Hz
+
+
 def test_speed_perturbation_changes_duration(sentences_file, tmp_path):
     base = ["data", "tts", str(sentences_file), "--voice", "espeak-ng:en+f2", "--limit", "3", "--test", "0", "--dev", "0"]
     assert speechlora([*base, "--out", str(tmp_path / "plain")]) == 0
@@ -302,6 +327,7 @@ def test_bad_input_is_one_line(tmp_path, sentences_file):
         ["data", "tts", str(sentences_file), "--voice", "piper:no_such_voice_pkg", "--out", str(tmp_path / "x")],
         ["data", "tts", str(sentences_file), "--voice", "pico:en-AU", "--out", str(tmp_path / "x")],
         ["data", "tts", str(sentences_file), "--voice", "pico:en-US,pitch=300", "--out", str(tmp_path / "x")],
+        ["data", "tts", str(sentences_file), "--voice", "espeak-ng:mb-zz9", "--out", str(tmp_path / "x")],
         ["data", "tts", str(sentences_file), "--voice", f"piper:{tmp_path / 'none.onnx'}", "--out", str(tmp_path / "x")],
         ["data", "folder", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
         ["data", "tts", str(tmp_path / "missing.txt"), "--voice", "flite:kal16", "--out", str(tmp_path / "x")],

@@ -1,9 +1,13 @@
-"""Speech from text with offline TTS engines: Debian's espeak-ng, flite, festival, SVOX Pico; Piper.
+"""Speech from text with offline TTS engines: Debian's espeak-ng (+ MBROLA), flite, festival, SVOX Pico; Piper.
 
 A voice is written as one string, ``ENGINE:NAME[,rate=R][,pitch=P]``:
 
 - ``espeak-ng:en+m3,rate=1.2,pitch=40``: any espeak-ng language or variant (``es``, ``fr``,
   ``en-us+f2``, ...); rate multiplies the default 175 words/minute; pitch is espeak's 0-99.
+  ``espeak-ng:mb-us1`` (also ``mb-us2``, ``mb-us3``, ``mb-en1``) is espeak-ng's front end driving
+  an MBROLA diphone voice (Debian contrib/non-free ``mbrola`` + ``mbrola-us1`` ...): a
+  concatenative voice cut from a real speaker's recordings, us1 a US woman's; espeak-ng's rate
+  and pitch carry over (pitch 20 / 50 / 80 puts us1 near 150 / 190 / 260 Hz).
 - ``flite:kal16``, ``flite:awb``, ``flite:rms``, ``flite:slt``: rate scales duration
   (``duration_stretch = 1/rate``); pitch is the mean F0 in Hz (``int_f0_target_mean``).
 - ``festival:kal_diphone``, ``festival:ked_diphone`` (through ``text2wave``): rate as for flite;
@@ -46,6 +50,7 @@ from speech.errors import UserError
 ENGINES = ("espeak-ng", "flite", "festival", "pico", "piper")
 _FLITE_VOICES = ("kal", "kal16", "awb", "awb_time", "rms", "slt")
 _PICO_VOICES = ("en-US", "en-GB", "es-ES", "fr-FR", "de-DE", "it-IT")
+_MBROLA_DIR = Path("/usr/share/mbrola")   # where Debian's mbrola-* packages put each voice's database
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +104,12 @@ class Voice:
                            "pico": ("pico2wave", "libttspico-utils, from Debian's non-free")}[self.engine]
         if shutil.which(binary) is None:
             raise UserError(f"voice {self}: {binary} is not installed (apt-get install {package})")
+        if self.engine == "espeak-ng" and self.name.startswith("mb-"):
+            # Checked up front, naming the packages, rather than failing clip by clip in the workers.
+            database = self.name[3:].split("+")[0]
+            if shutil.which("mbrola") is None or not (_MBROLA_DIR / database).is_dir():
+                raise UserError(f"voice {self}: needs MBROLA and its {database} voice "
+                                f"(apt-get install mbrola mbrola-{database}, from Debian's contrib/non-free)")
 
     def __str__(self) -> str:
         spec = f"{self.engine}:{self.name}"
