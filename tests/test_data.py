@@ -141,13 +141,10 @@ def test_piper_voice_corpus(tmp_path):
         assert np.abs(samples).max() > 0.05  # speech, not silence
 
 
-@pytest.mark.skipif(shutil.which("pico2wave") is None,
-                    reason="pico2wave: apt-get install libttspico-utils (Debian non-free)")
-def test_pico_voice_corpus(tmp_path):
-    """SVOX Pico's voices through the real CLI: its markup really sets rate and pitch."""
-    out, one = tmp_path / "pico", tmp_path / "one.txt"
+def _one_sentence_by_voices(tmp_path: Path, voices: list[str]) -> dict[str, dict]:
+    """The first sentence spoken once by each voice through the real CLI; its clips by voice."""
+    out, one = tmp_path / "corpus", tmp_path / "one.txt"
     one.write_text(SENTENCES[0] + "\n")
-    voices = ["pico:en-US", "pico:en-US,rate=0.8", "pico:en-US,pitch=70", "pico:en-GB,rate=1.25,pitch=130"]
     argv = ["data", "tts", str(one), "--out", str(out), "--dev", "0", "--test", "0"]
     for voice in voices:
         argv += ["--voice", voice]
@@ -156,15 +153,24 @@ def test_pico_voice_corpus(tmp_path):
     check_corpus(out, manifests)
     clips = {r["voice"]: r for r in manifests["train"]}
     assert sorted(clips) == sorted(voices)
+    return clips
 
-    def median_f0(voice: str) -> float:
-        samples, sr = sf.read(clips[voice]["audio_filepath"])
-        f0, _, _ = librosa.pyin(samples.astype(np.float64), fmin=60, fmax=400, sr=sr)
-        return float(np.nanmedian(f0))
 
+def _median_f0(clip: dict) -> float:
+    samples, sr = sf.read(clip["audio_filepath"])
+    f0, _, _ = librosa.pyin(samples.astype(np.float64), fmin=60, fmax=400, sr=sr)
+    return float(np.nanmedian(f0))
+
+
+@pytest.mark.skipif(shutil.which("pico2wave") is None,
+                    reason="pico2wave: apt-get install libttspico-utils (Debian non-free)")
+def test_pico_voice_corpus(tmp_path):
+    """SVOX Pico's voices through the real CLI: its markup really sets rate and pitch."""
+    clips = _one_sentence_by_voices(
+        tmp_path, ["pico:en-US", "pico:en-US,rate=0.8", "pico:en-US,pitch=70", "pico:en-GB,rate=1.25,pitch=130"])
     plain = clips["pico:en-US"]["duration"]
     assert 1.15 < clips["pico:en-US,rate=0.8"]["duration"] / plain < 1.4   # speed level 80: ~1.25x longer
-    assert 0.6 < median_f0("pico:en-US,pitch=70") / median_f0("pico:en-US") < 0.8
+    assert 0.6 < _median_f0(clips["pico:en-US,pitch=70"]) / _median_f0(clips["pico:en-US"]) < 0.8
     assert clips["pico:en-GB,rate=1.25,pitch=130"]["duration"] < plain
 
 
@@ -172,25 +178,11 @@ def test_pico_voice_corpus(tmp_path):
                     reason="MBROLA: apt-get install mbrola mbrola-us1 (Debian contrib/non-free)")
 def test_mbrola_voice_corpus(tmp_path):
     """espeak-ng driving an MBROLA diphone voice: a real woman's voice whose rate and pitch move."""
-    out, one = tmp_path / "mbrola", tmp_path / "one.txt"
-    one.write_text(SENTENCES[0] + "\n")
-    voices = ["espeak-ng:mb-us1", "espeak-ng:mb-us1,rate=0.8", "espeak-ng:mb-us1,pitch=20"]
-    argv = ["data", "tts", str(one), "--out", str(out), "--dev", "0", "--test", "0"]
-    for voice in voices:
-        argv += ["--voice", voice]
-    assert speechlora(argv) == 0
-    manifests = load(out)
-    check_corpus(out, manifests)
-    clips = {r["voice"]: r for r in manifests["train"]}
-    assert sorted(clips) == sorted(voices)
-
-    def median_f0(voice: str) -> float:
-        samples, sr = sf.read(clips[voice]["audio_filepath"])
-        f0, _, _ = librosa.pyin(samples.astype(np.float64), fmin=60, fmax=400, sr=sr)
-        return float(np.nanmedian(f0))
-
-    assert 1.1 < clips["espeak-ng:mb-us1,rate=0.8"]["duration"] / clips["espeak-ng:mb-us1"]["duration"] < 1.4
-    assert median_f0("espeak-ng:mb-us1,pitch=20") < 0.9 * median_f0("espeak-ng:mb-us1")   # ~150 vs ~190 Hz
+    clips = _one_sentence_by_voices(tmp_path, ["espeak-ng:mb-us1", "espeak-ng:mb-us1,rate=0.8",
+                                               "espeak-ng:mb-us1,pitch=20"])
+    plain = clips["espeak-ng:mb-us1"]
+    assert 1.1 < clips["espeak-ng:mb-us1,rate=0.8"]["duration"] / plain["duration"] < 1.4
+    assert _median_f0(clips["espeak-ng:mb-us1,pitch=20"]) < 0.9 * _median_f0(plain)   # ~150 vs ~190 Hz
 
 
 def test_speed_perturbation_changes_duration(sentences_file, tmp_path):
