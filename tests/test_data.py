@@ -19,6 +19,7 @@ import soundfile as sf
 from speech.cli import main as speechlora
 from speech.data import asterisk
 from speech.data.manifest import Fractions, normalize_key, read_manifest, split_for
+from speech.data.tts import mbrola_installed
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -174,7 +175,7 @@ def test_pico_voice_corpus(tmp_path):
     assert clips["pico:en-GB,rate=1.25,pitch=130"]["duration"] < plain
 
 
-@pytest.mark.skipif(shutil.which("mbrola") is None or not Path("/usr/share/mbrola/us1").is_dir(),
+@pytest.mark.skipif(not mbrola_installed("us1"),
                     reason="MBROLA: apt-get install mbrola mbrola-us1 (Debian contrib/non-free)")
 def test_mbrola_voice_corpus(tmp_path):
     """espeak-ng driving an MBROLA diphone voice: a real woman's voice whose rate and pitch move."""

@@ -53,6 +53,11 @@ _PICO_VOICES = ("en-US", "en-GB", "es-ES", "fr-FR", "de-DE", "it-IT")
 _MBROLA_DIR = Path("/usr/share/mbrola")   # where Debian's mbrola-* packages put each voice's database
 
 
+def mbrola_installed(database: str) -> bool:
+    """Whether espeak-ng can speak with MBROLA voice ``database`` (``us1``, ...): the program and its data."""
+    return shutil.which("mbrola") is not None and (_MBROLA_DIR / database).is_dir()
+
+
 @dataclasses.dataclass(frozen=True)
 class Voice:
     engine: str
@@ -107,7 +112,7 @@ class Voice:
         if self.engine == "espeak-ng" and self.name.startswith("mb-"):
             # Checked up front, naming the packages, rather than failing clip by clip in the workers.
             database = self.name[3:].split("+")[0]
-            if shutil.which("mbrola") is None or not (_MBROLA_DIR / database).is_dir():
+            if not mbrola_installed(database):
                 raise UserError(f"voice {self}: needs MBROLA and its {database} voice "
                                 f"(apt-get install mbrola mbrola-{database}, from Debian's contrib/non-free)")
 
