@@ -36,4 +36,6 @@ else
 fi
 
 python -m pip install -q -e ".[dev]"
+echo "setup: compiling the CTC beam search (numba; once per install, cached on disk)"
+python -m speech.ctc_search
 echo "setup: done. Try: .venv/bin/speechlora --help"

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
+from speech import ctc_search
 from speech.checkpoint import CTC_FILES
 from speech.ngram import EOS, Context, WordNgram
 from speech.numbers import spell_numbers
@@ -155,6 +156,14 @@ class WordFusion:
         self.oov = alpha * ngram.unk - oov_penalty
         self.eos = ngram.word_id(EOS)
 
+    def arrays(self) -> ctc_search.NgramArrays | None:
+        """The n-gram as the compiled search reads it (built at the first call, then kept with the
+        n-gram, so re-weighted fusions of one n-gram share it), or None where it cannot be."""
+        cache = self.ngram.__dict__.setdefault("_search_arrays", {})
+        if self.chars not in cache:
+            cache[self.chars] = ctc_search.ngram_arrays(self.ngram, self.chars)
+        return cache[self.chars]
+
     def start(self) -> tuple[float, Context, str]:
         """The empty prefix's state: (score of finished words, n-gram context, the open word)."""
         return 0.0, self.ngram.begin(), ""
@@ -195,6 +204,23 @@ class WordFusion:
 def prefix_beam_search(log_probs: torch.Tensor, length: int, chars: str, beam: int = 8,
                        prune: float = -7.0, fusion: WordFusion | None = None) -> list[tuple[str, float]]:
     """The `beam` best transcripts of one utterance under CTC (and `fusion`), best first, with scores.
+
+    The compiled search (speech.ctc_search) where it can run, else the Python one
+    (`prefix_beam_search_python`); both give the same answer.
+    """
+    arrays = fusion.arrays() if fusion is not None else None
+    if not ctc_search.available() or (fusion is not None and arrays is None):
+        return prefix_beam_search_python(log_probs, length, chars, beam, prune, fusion)
+    lp = log_probs[:length].double().cpu().numpy()
+    if fusion is None:
+        return ctc_search.search(lp, chars, beam, prune)
+    return ctc_search.search(lp, chars, beam, prune, arrays, fusion.alpha, fusion.beta, fusion.oov_penalty)
+
+
+def prefix_beam_search_python(log_probs: torch.Tensor, length: int, chars: str, beam: int = 8,
+                              prune: float = -7.0, fusion: WordFusion | None = None) -> list[tuple[str, float]]:
+    """The `beam` best transcripts of one utterance under CTC (and `fusion`), best first, with scores:
+    the reference search, in Python.
 
     The textbook prefix search (blank/non-blank probabilities per prefix), with characters below
     `prune` (log-prob) in a slot not tried there; no leading or double spaces. With `fusion`,

@@ -78,6 +78,28 @@ def test_ctc_rescoring_hears_better_than_the_lm_alone(tmp_path):
     assert _wer(rescored) < _wer(lm_alone) and _wer(rescored) <= MAX_WER, (rescored, lm_alone)
 
 
+def test_compiled_search_matches_python_on_real_speech(builtin, tmp_path):
+    """On the shipped head's log-probs for real clips, with the shipped word n-gram and settings,
+    the compiled prefix search (speech/ctc_search.py) returns the Python search's n-best exactly."""
+    import torch
+
+    from speech import ctc_search
+    from speech.ctc import prefix_beam_search, prefix_beam_search_python
+
+    if not ctc_search.available():
+        pytest.skip("numba is not installed")
+    with torch.inference_mode():
+        features, frames = builtin.features(_unseen_voice_clips(tmp_path))
+        states, lengths = builtin.encoder(features.to(builtin.dtype), frames)
+        log_probs, slots = builtin.ctc_head(states.float(), lengths)
+    assert builtin.fusion is not None and builtin.fusion.arrays() is not None
+    for i in range(len(SENTENCES)):
+        args = (log_probs[i], int(slots[i]), builtin.ctc_head.chars)
+        kwargs = {"beam": builtin.ctc_beam, "prune": builtin.ctc_prune, "fusion": builtin.fusion}
+        fast = prefix_beam_search(*args, **kwargs)
+        assert len(fast) > 10 and fast == prefix_beam_search_python(*args, **kwargs)
+
+
 def test_silence_is_an_empty_transcript_with_ctc(builtin):
     """The empty transcript is a candidate: CTC hears nothing in silence, so nothing is said."""
     import numpy as np

@@ -11,11 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from speech import ctc_search
 from speech.ctc import (
     Lexicon,
     build_lexicon,
     char_ids,
     prefix_beam_search,
+    prefix_beam_search_python,
     sequence_log_probs,
 )
 
@@ -54,7 +56,14 @@ def test_sequence_log_probs_match_brute_force(log_probs):
         assert score == pytest.approx(math.log(truth[text]), abs=1e-9)
 
 
-def test_prefix_beam_search_finds_the_likeliest_transcripts(log_probs):
+# the compiled search (speech/ctc_search.py, the default) and its Python reference
+SEARCHES = [pytest.param(prefix_beam_search, id="compiled",
+                         marks=pytest.mark.skipif(not ctc_search.available(), reason="numba is not installed")),
+            pytest.param(prefix_beam_search_python, id="python")]
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_prefix_beam_search_finds_the_likeliest_transcripts(log_probs, search):
     """With a beam wide enough to keep every prefix, the n-best list is exact.
 
     The search never starts with a space or doubles one, and a trailing space is the same
@@ -65,16 +74,17 @@ def test_prefix_beam_search_finds_the_likeliest_transcripts(log_probs):
         if not text.startswith(" ") and "  " not in text:
             folded[text.rstrip(" ")] += p
     expected = sorted(folded.items(), key=lambda kv: -kv[1])[:5]
-    found = prefix_beam_search(log_probs, 6, CHARS, beam=10_000, prune=-math.inf)[:5]
+    found = search(log_probs, 6, CHARS, beam=10_000, prune=-math.inf)[:5]
     assert [t for t, _ in found] == [t for t, _ in expected]
     for (_, got), (_, want) in zip(found, expected):
         assert got == pytest.approx(math.log(want), abs=1e-9)
 
 
-def test_prefix_beam_search_honours_the_length(log_probs):
+@pytest.mark.parametrize("search", SEARCHES)
+def test_prefix_beam_search_honours_the_length(log_probs, search):
     """Slots past an utterance's length (batch padding) are not part of it."""
-    short = prefix_beam_search(log_probs, 4, CHARS, beam=10_000, prune=-math.inf)
-    alone = prefix_beam_search(log_probs[:4].clone(), 4, CHARS, beam=10_000, prune=-math.inf)
+    short = search(log_probs, 4, CHARS, beam=10_000, prune=-math.inf)
+    alone = search(log_probs[:4].clone(), 4, CHARS, beam=10_000, prune=-math.inf)
     assert short[:3] == alone[:3]
 
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from speech.ctc import WordFusion, _normalize, prefix_beam_search, sequence_log_probs
+from speech import ctc_search
+from speech.ctc import WordFusion, _normalize, prefix_beam_search, prefix_beam_search_python, sequence_log_probs
 from speech.ngram import BOS, EOS, WordNgram, build_arpa
 
 CHARS = " 'abcdefghijklmnopqrstuvwxyz"
@@ -235,3 +236,50 @@ def test_fusion_with_zero_weights_is_plain_ctc(corpus, tmp_path):
     zero = prefix_beam_search(lp, 12, CHARS, beam=8, fusion=WordFusion(WordNgram.load(path), CHARS, 0.0, 0.0))
     assert [t for t, _ in plain] == [t for t, _ in zero]
     assert [s for _, s in plain] == pytest.approx([s for _, s in zero])
+
+
+def _spoken_log_probs(words: list[str], seed: int) -> torch.Tensor:
+    """Log-probs that spell `words` with CTC's uncertainty: each character's slot puts most of its
+    mass on the character and spreads the rest (noise), and a blank slot follows, so every beam
+    has rivals, misspellings and unknown words to weigh."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for c in " ".join(words):
+        for target in (CHARS.index(c), len(CHARS)):
+            logits = torch.randn(len(CHARS) + 1, generator=generator, dtype=torch.float64) * 1.5
+            logits[target] += 4.0
+            rows.append(logits)
+    return F.log_softmax(torch.stack(rows), -1)
+
+
+@pytest.mark.skipif(not ctc_search.available(), reason="numba is not installed")
+@pytest.mark.parametrize("order", [2, 4])
+def test_compiled_search_gives_the_python_search_answer(corpus, tmp_path, order):
+    """The compiled search (speech/ctc_search.py) keeps the Python reference's n-best lists and
+    scores exactly, fused or not, across weights, bonuses, penalties, beams and pruning."""
+    build_arpa(corpus, tmp_path / "lm.arpa", order=order, min_count=1)
+    lm = WordNgram.load(tmp_path / "lm.arpa")
+    fusions = [None, WordFusion(lm, CHARS, 0.7, 1.0, 8.0), WordFusion(lm, CHARS, 1.5, -0.5, 0.0),
+               WordFusion(lm, CHARS, 0.0, 0.0, 3.0)]
+    checked = 0
+    for seed, words in enumerate(corpus[:12]):
+        lp = _spoken_log_probs(words[:8], seed)
+        for fusion, beam, prune in zip(fusions * 2, [4, 16, 64, 8, 32, 1, 128, 2], [-7.0, -4.0, -math.inf, -12.0] * 2):
+            fast = prefix_beam_search(lp, len(lp) - seed % 3, CHARS, beam=beam, prune=prune, fusion=fusion)
+            slow = prefix_beam_search_python(lp, len(lp) - seed % 3, CHARS, beam=beam, prune=prune, fusion=fusion)
+            assert fast == slow, (words, beam, prune)
+            checked += len(fast)
+    assert checked > 500  # the lists are long enough to disagree if the searches did
+
+
+def test_an_ngram_past_63_bits_uses_the_python_search(corpus, tmp_path):
+    """Packed keys that could pass int64 (base ** order >= 2 ** 63) cannot go to the compiled
+    kernel; the search falls back to Python and answers the same."""
+    base = len({w for words in corpus for w in words}) + 3
+    order = next(n for n in range(2, 40) if base ** n >= 2 ** 63)
+    build_arpa(corpus, tmp_path / "lm.arpa", order=order, min_count=1)
+    fusion = WordFusion(WordNgram.load(tmp_path / "lm.arpa"), CHARS, 0.7, 1.0, 8.0)
+    assert fusion.arrays() is None
+    lp = _spoken_log_probs(corpus[0][:6], 0)
+    assert prefix_beam_search(lp, len(lp), CHARS, beam=16, fusion=fusion) == \
+        prefix_beam_search_python(lp, len(lp), CHARS, beam=16, fusion=fusion)
