@@ -148,10 +148,19 @@ def _log_add(a, b):
 
 def _search(lp, blank, space, beam, prune, fused, ng_keys, ng_logp, ng_bow, offsets, powers, lex_child, lex_word,
             numbers, ids):
-    """The kernel: speech.ctc.prefix_beam_search_python, line for line in arrays. Returns the final
-    beams' nodes and scores (CTC + fusion's finish) and the prefix trie (last character, parent)."""
+    """The kernel: speech.ctc.prefix_beam_search_python's search in arrays. Returns the final beams'
+    nodes and scores (CTC + fusion's finish) and the prefix trie (last character, parent).
+
+    One difference of method, none of answer: the Python search makes a trie node (and its fusion
+    state) for every extension it tries, ~12 per beam per slot at prune -11, and sorts them all,
+    though at most `beam` survive. Here an extension that is not already a live beam (the only
+    case where two paths merge into one prefix) stays a candidate (parent, character, scores) and
+    becomes a node only if it is among the best `beam`; they are chosen by a partition and a stable
+    sort of the chosen, which keeps the same beams in the same order as the full stable sort.
+    """
     n_slots = lp.shape[0]
     live = lp[:, :blank] > prune
+    width = blank + 1
     cap = 1024
     last_of = np.empty(cap, np.int64)
     parent_of = np.empty(cap, np.int64)
@@ -160,21 +169,35 @@ def _search(lp, blank, space, beam, prune, fused, ng_keys, ng_logp, ng_bow, offs
     f_len = np.empty(cap, np.int64)
     f_lex = np.empty(cap, np.int64)  # the open word's vocabulary-trie node (0: none open, -1: no known prefix)
     ranks = np.empty(cap, np.float64)
-    stamp = np.full(cap, -1, np.int64)  # stamp[node] == t: the node is in this slot's grown set, at slot_of[node]
+    sp_done = np.zeros(cap, np.bool_)  # the node's word closed by a space, computed once: score, context
+    sp_score = np.empty(cap, np.float64)
+    sp_key = np.empty(cap, np.int64)
+    sp_len = np.empty(cap, np.int64)
+    stamp = np.full(cap, -1, np.int64)  # stamp[node] == t: the node is in this slot's candidates, at slot_of[node]
     slot_of = np.empty(cap, np.int64)
+    b_stamp = np.full(cap, -1, np.int64)  # b_stamp[node] == t: the node is live beam b_index[node]
+    b_index = np.empty(cap, np.int64)
     last_of[0], parent_of[0], ranks[0] = -1, -1, 0.0
     f_score[0], f_key[0], f_len[0], f_lex[0] = 0.0, ids[4], ids[5], 0
     n_nodes = 1
     children = Dict.empty(key_type=types.int64, value_type=types.int64)
-    width = blank + 1
     # the live beams, in order: node, P(ends in blank), P(ends in its last character)
     b_node = np.zeros(1, np.int64)
     b_blank = np.zeros(1, np.float64)
     b_char = np.full(1, NEG_INF)
     n_beams = 1
-    g_node = np.empty(64, np.int64)
-    g_blank = np.empty(64, np.float64)
-    g_char = np.empty(64, np.float64)
+    kid = np.full((1, blank), -1, np.int64)  # kid[k, c]: beam k's child by c when that child is a live beam
+    size = 64  # the candidates: a live node (g_node) or a new prefix (g_node -1: g_parent + g_c, its fusion state)
+    g_node = np.empty(size, np.int64)
+    g_parent = np.empty(size, np.int64)
+    g_c = np.empty(size, np.int64)
+    g_blank = np.empty(size, np.float64)
+    g_char = np.empty(size, np.float64)
+    g_rank = np.empty(size, np.float64)
+    g_fs = np.empty(size, np.float64)
+    g_fk = np.empty(size, np.int64)
+    g_fl = np.empty(size, np.int64)
+    g_lex = np.empty(size, np.int64)
     tried = np.empty(blank, np.int64)
     for t in range(n_slots):
         p_blank_slot = lp[t, blank]
@@ -194,21 +217,30 @@ def _search(lp, blank, space, beam, prune, fused, ng_keys, ng_logp, ng_bow, offs
                 b_char[k] = b_char[k] + lp[t, last_of[node]] if node else NEG_INF
             continue
         need = n_beams * (n_tried + 1)
-        if need > g_node.shape[0]:
-            g_node = np.empty(2 * need, np.int64)
-            g_blank = np.empty(2 * need, np.float64)
-            g_char = np.empty(2 * need, np.float64)
-        if n_nodes + need > cap:  # room for every node this slot can make
-            cap = 2 * (n_nodes + need)
-            last_of = _grow_i(last_of, cap)
-            parent_of = _grow_i(parent_of, cap)
-            f_score = _grow_f(f_score, cap)
-            f_key = _grow_i(f_key, cap)
-            f_len = _grow_i(f_len, cap)
-            f_lex = _grow_i(f_lex, cap)
-            ranks = _grow_f(ranks, cap)
-            stamp = np.concatenate((stamp, np.full(cap - stamp.shape[0], -1, np.int64)))
-            slot_of = _grow_i(slot_of, cap)
+        if need > size:
+            size = 2 * need
+            g_node, g_parent, g_c = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.int64)
+            g_blank, g_char, g_rank = np.empty(size, np.float64), np.empty(size, np.float64), np.empty(size, np.float64)
+            g_fs, g_fk = np.empty(size, np.float64), np.empty(size, np.int64)
+            g_fl, g_lex = np.empty(size, np.int64), np.empty(size, np.int64)
+        if n_nodes + max(beam, need) > cap:  # room for every node this slot can make
+            cap = 2 * (n_nodes + max(beam, need))
+            last_of, parent_of = _grow_i(last_of, cap, 0), _grow_i(parent_of, cap, 0)
+            f_score, f_key = _grow_f(f_score, cap), _grow_i(f_key, cap, 0)
+            f_len, f_lex, ranks = _grow_i(f_len, cap, 0), _grow_i(f_lex, cap, 0), _grow_f(ranks, cap)
+            sp_done = _grow_b(sp_done, cap)
+            sp_score, sp_key, sp_len = _grow_f(sp_score, cap), _grow_i(sp_key, cap, 0), _grow_i(sp_len, cap, 0)
+            stamp, slot_of = _grow_i(stamp, cap, -1), _grow_i(slot_of, cap, 0)
+            b_stamp, b_index = _grow_i(b_stamp, cap, -1), _grow_i(b_index, cap, 0)
+        if kid.shape[0] < n_beams:
+            kid = np.full((2 * n_beams, blank), -1, np.int64)
+        for k in range(n_beams):
+            b_stamp[b_node[k]], b_index[b_node[k]] = t, k
+            kid[k, :] = -1
+        for k in range(n_beams):
+            node = b_node[k]
+            if node and b_stamp[parent_of[node]] == t:
+                kid[b_index[parent_of[node]], last_of[node]] = node
         n_grown = 0
         for k in range(n_beams):
             node, p_blank, p_char = b_node[k], b_blank[k], b_char[k]
@@ -222,6 +254,7 @@ def _search(lp, blank, space, beam, prune, fused, ng_keys, ng_logp, ng_bow, offs
             if stamp[node] != t:
                 stamp[node], slot_of[node] = t, n_grown
                 g_node[n_grown], g_blank[n_grown], g_char[n_grown] = node, stay, held
+                g_rank[n_grown] = ranks[node]
                 n_grown += 1
             else:  # a shorter beam's extension got here first
                 s = slot_of[node]
@@ -230,60 +263,89 @@ def _search(lp, blank, space, beam, prune, fused, ng_keys, ng_logp, ng_bow, offs
                 a, b = g_char[s], held
                 if b != NEG_INF:
                     g_char[s] = (a if a >= b else b) + math.log1p(math.exp(-abs(a - b))) if a != NEG_INF else b
-            base = node * width
             for j in range(n_tried):
                 c = tried[j]
-                p = lp[t, c]
                 if c == space and (last == space or last < 0):
                     continue
-                if base + c in children:
-                    longer = children[base + c]
-                else:
-                    longer = n_nodes
-                    children[base + c] = longer
-                    n_nodes += 1
-                    last_of[longer], parent_of[longer] = c, node
-                    if fused:
-                        score, key, length, lex = f_score[node], f_key[node], f_len[node], f_lex[node]
-                        if c != space:
-                            if lex >= 0:
-                                lex = lex_child[lex, c]
-                        else:
-                            score, key, length = _close_c(ng_keys, ng_logp, ng_bow, offsets, powers, lex_word,
-                                                          numbers, ids, score, key, length, lex)
-                            lex = 0
-                        f_score[longer], f_key[longer], f_len[longer], f_lex[longer] = score, key, length, lex
-                        ranks[longer] = score + (numbers[3] if lex < 0 else 0.0)
+                new = (p_blank if c == last else total) + lp[t, c]  # a repeat needs a blank between
+                longer = kid[k, c]
+                if longer >= 0:  # a live beam: its candidate is shared
+                    if stamp[longer] != t:
+                        stamp[longer], slot_of[longer] = t, n_grown
+                        g_node[n_grown], g_blank[n_grown], g_char[n_grown] = longer, NEG_INF, new
+                        g_rank[n_grown] = ranks[longer]
+                        n_grown += 1
                     else:
-                        ranks[longer] = 0.0
-                new = (p_blank if c == last else total) + p  # a repeat needs a blank between
-                if stamp[longer] != t:
-                    stamp[longer], slot_of[longer] = t, n_grown
-                    g_node[n_grown], g_blank[n_grown], g_char[n_grown] = longer, NEG_INF, new
-                    n_grown += 1
+                        s = slot_of[longer]
+                        a = g_char[s]
+                        g_char[s] = (a if a >= new else new) + math.log1p(math.exp(-abs(a - new))) \
+                            if a != NEG_INF else new
+                    continue
+                g_node[n_grown], g_parent[n_grown], g_c[n_grown] = -1, node, c
+                g_blank[n_grown], g_char[n_grown] = NEG_INF, new
+                if fused:
+                    score, key, length, lex = f_score[node], f_key[node], f_len[node], f_lex[node]
+                    if c != space:
+                        if lex >= 0:
+                            lex = lex_child[lex, c]
+                    else:
+                        if not sp_done[node]:
+                            sp_score[node], sp_key[node], sp_len[node] = _close_c(
+                                ng_keys, ng_logp, ng_bow, offsets, powers, lex_word, numbers, ids, score, key, length,
+                                lex)
+                            sp_done[node] = True
+                        score, key, length, lex = sp_score[node], sp_key[node], sp_len[node], 0
+                    g_fs[n_grown], g_fk[n_grown], g_fl[n_grown], g_lex[n_grown] = score, key, length, lex
+                    g_rank[n_grown] = score + (numbers[3] if lex < 0 else 0.0)
                 else:
-                    s = slot_of[longer]
-                    a = g_char[s]
-                    g_char[s] = (a if a >= new else new) + math.log1p(math.exp(-abs(a - new))) if a != NEG_INF else new
+                    g_rank[n_grown] = 0.0
+                n_grown += 1
         if n_grown > beam:
             scored = np.empty(n_grown, np.float64)
             for s in range(n_grown):
                 b, c = g_blank[s], g_char[s]
                 if b < c:
                     b, c = c, b
-                scored[s] = (b if c == NEG_INF else b + math.log1p(math.exp(c - b))) + ranks[g_node[s]]
-            order = np.argsort(-scored, kind="mergesort")[:beam]  # stable: ties keep the order made
+                scored[s] = (b if c == NEG_INF else b + math.log1p(math.exp(c - b))) + g_rank[s]
+            # the stable sort's first `beam`: every candidate above the beam-th score, then those
+            # equal to it in the order made; then sorted, stably
+            bar = -np.partition(-scored, beam - 1)[beam - 1]
+            chosen = np.empty(beam, np.int64)
+            n = 0
+            for s in range(n_grown):
+                if scored[s] > bar:
+                    chosen[n] = s
+                    n += 1
+            for s in range(n_grown):
+                if n == beam:
+                    break
+                if scored[s] == bar:
+                    chosen[n] = s
+                    n += 1
+            chosen = chosen[np.argsort(-scored[chosen], kind="mergesort")]
             n_beams = beam
         else:
-            order = np.arange(n_grown)
+            chosen = np.arange(n_grown)
             n_beams = n_grown
         if b_node.shape[0] < n_beams:
             b_node = np.empty(2 * n_beams, np.int64)
             b_blank = np.empty(2 * n_beams, np.float64)
             b_char = np.empty(2 * n_beams, np.float64)
         for k in range(n_beams):
-            s = order[k]
-            b_node[k], b_blank[k], b_char[k] = g_node[s], g_blank[s], g_char[s]
+            s = chosen[k]
+            node = g_node[s]
+            if node < 0:  # a new prefix is made a node, or a node made before and pruned is revived
+                key = g_parent[s] * width + g_c[s]
+                if key in children:
+                    node = children[key]
+                else:
+                    node = n_nodes
+                    children[key] = node
+                    n_nodes += 1
+                    last_of[node], parent_of[node], ranks[node] = g_c[s], g_parent[s], g_rank[s]
+                    f_score[node], f_key[node], f_len[node], f_lex[node] = g_fs[s], g_fk[s], g_fl[s], g_lex[s]
+                    sp_done[node] = False
+            b_node[k], b_blank[k], b_char[k] = node, g_blank[s], g_char[s]
     final = np.empty(n_beams, np.float64)
     for k in range(n_beams):
         node = b_node[k]
@@ -297,8 +359,14 @@ def _search(lp, blank, space, beam, prune, fused, ng_keys, ng_logp, ng_bow, offs
     return b_node[:n_beams].copy(), final, last_of[:n_nodes].copy(), parent_of[:n_nodes].copy()
 
 
-def _grow_i(a, cap):
-    out = np.empty(cap, np.int64)
+def _grow_i(a, cap, fill):
+    out = np.full(cap, fill, np.int64)
+    out[: a.shape[0]] = a
+    return out
+
+
+def _grow_b(a, cap):
+    out = np.zeros(cap, np.bool_)
     out[: a.shape[0]] = a
     return out
 
@@ -315,6 +383,7 @@ _close_c = _njit(_close)
 _log_add_c = _njit(_log_add)
 _grow_i = _njit(_grow_i)
 _grow_f = _njit(_grow_f)
+_grow_b = _njit(_grow_b)
 _search_c = _njit(_search)
 
 _EMPTY_I = np.zeros(1, np.int64)
