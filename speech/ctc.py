@@ -49,6 +49,9 @@ from speech.ngram import EOS, Context, WordNgram
 from speech.numbers import spell_numbers
 
 HEAD_FILE, LEXICON_FILE = CTC_FILES[:2]
+# the search's default pruning (log-prob below which a character is not tried in a slot), for a
+# head whose tuning stored none
+DEFAULT_PRUNE = -5.0
 NGRAM_FILES = CTC_FILES[2:]  # the first found is used: the compact form, then ARPA
 
 
@@ -77,7 +80,8 @@ def decode_settings(meta: dict[str, str]) -> dict[str, float]:
     """The tuned decoding settings in a head's metadata, with the defaults for a head never tuned."""
     return {"decode_weight": float(meta.get("decode_weight", 0.5)), "beam": int(meta.get("beam", 8)),
             "ngram_weight": float(meta.get("ngram_weight", 0.5)), "word_bonus": float(meta.get("word_bonus", 1.0)),
-            "empty_margin": float(meta.get("empty_margin", "inf")), "oov_penalty": float(meta.get("oov_penalty", 0.0))}
+            "empty_margin": float(meta.get("empty_margin", "inf")), "oov_penalty": float(meta.get("oov_penalty", 0.0)),
+            "prune": float(meta.get("prune", DEFAULT_PRUNE))}
 
 
 def load_ctc_head(root: Path, hidden_size: int, device: torch.device) -> tuple[CTCHead, dict[str, float]] | None:

@@ -34,6 +34,7 @@ from speech.checkpoint import (
     read_spec,
 )
 from speech.ctc import (
+    DEFAULT_PRUNE,
     CTCHead,
     Lexicon,
     WordFusion,
@@ -177,7 +178,7 @@ class SpeechModel(nn.Module):
         self.respell_passes = 1
         self.respell_limit = 6
         self.respell_keep = 2
-        self.ctc_prune = -5.0  # characters below this log-prob in a slot are not tried there
+        self.ctc_prune = DEFAULT_PRUNE  # characters below this log-prob in a slot are not tried there (tuned: the head)
         self.ctc_lm_candidate = False
         # The empty transcript stays a candidate (silence must not get a sentence) unless CTC is
         # sure something was said: its all-blank path more than this many nats below its best
@@ -239,6 +240,7 @@ class SpeechModel(nn.Module):
         if head is not None:
             model.ctc_head, settings = head
             model.ctc_beam, model.ctc_empty_margin = ctc_beam or settings["beam"], settings["empty_margin"]
+            model.ctc_prune = settings["prune"]
             model.lexicon = Lexicon.load(root, model.ctc_head.chars)
             model.fusion = load_fusion(root, model.ctc_head.chars, settings)
             model.ctc_weight = ctc_weight if ctc_weight is not None else (0.0 if adapter else settings["decode_weight"])

@@ -287,8 +287,10 @@ def test_tune_ctc_second_pass_keeps_the_stored_settings(tmp_path, monkeypatch):
     assert (settings["decode_weight"], settings["ngram_weight"], settings["word_bonus"], settings["oov_penalty"]) \
         == (0.6, 0.4, 1.5, 3.0)
     record = json.loads(meta["decode_weight_tuning"])
-    assert sorted(record["dev_wer"]) == ["w=0.6 beam=4 alpha=0.4 beta=1.5 oov=3.0",
-                                         "w=0.6 beam=8 alpha=0.4 beta=1.5 oov=3.0"]
+    prune = decode_settings(head_metadata(builtin_path() / HEAD_FILE))["prune"]
+    assert settings["prune"] == prune
+    assert sorted(record["dev_wer"]) == [f"w=0.6 beam=4 alpha=0.4 beta=1.5 oov=3.0 prune={prune}",
+                                         f"w=0.6 beam=8 alpha=0.4 beta=1.5 oov=3.0 prune={prune}"]
     assert record["before"] == {"dev_wer": {"first": 1.0}}
 
 

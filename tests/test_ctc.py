@@ -130,16 +130,17 @@ def test_tuned_settings_round_trip_through_the_head_file(tmp_path):
     from safetensors.torch import save_file
 
     from speech.builtin_recipe.tune_ctc import store_weight
-    from speech.ctc import HEAD_FILE, decode_settings, head_metadata
+    from speech.ctc import DEFAULT_PRUNE, HEAD_FILE, decode_settings, head_metadata
 
     save_file({"weight": torch.zeros(6, 4), "bias": torch.zeros(6)}, str(tmp_path / HEAD_FILE),
               metadata={"chars": " ab", "upsample": "1"})
     assert decode_settings(head_metadata(tmp_path / HEAD_FILE))["empty_margin"] == math.inf
     assert decode_settings(head_metadata(tmp_path / HEAD_FILE))["oov_penalty"] == 0.0  # a head never tuned
-    store_weight(tmp_path, 0.5, 16, {"dev_wer": {}}, 0.3, 2.0, 10.0, 6.0)
+    assert decode_settings(head_metadata(tmp_path / HEAD_FILE))["prune"] == DEFAULT_PRUNE
+    store_weight(tmp_path, 0.5, 16, {"dev_wer": {}}, 0.3, 2.0, 10.0, 6.0, -7.0)
     meta = head_metadata(tmp_path / HEAD_FILE)
     assert meta["chars"] == " ab"
     assert decode_settings(meta) == {"decode_weight": 0.5, "beam": 16, "ngram_weight": 0.3, "word_bonus": 2.0,
-                                     "empty_margin": 10.0, "oov_penalty": 6.0}
+                                     "empty_margin": 10.0, "oov_penalty": 6.0, "prune": -7.0}
     store_weight(tmp_path, 0.7, 8, {"dev_wer": {}}, 0.3, 2.0)
     assert decode_settings(head_metadata(tmp_path / HEAD_FILE))["empty_margin"] == math.inf

@@ -37,18 +37,22 @@ log = logging.getLogger("speech.builtin_recipe.tune_ctc")
 
 # the grid's axes: command-line name -> key in the head's decoding settings (speech.ctc.decode_settings)
 TUNED = {"weights": "decode_weight", "beams": "beam", "ngram_weights": "ngram_weight", "word_bonuses": "word_bonus",
-         "oov_penalties": "oov_penalty"}
+         "oov_penalties": "oov_penalty", "prunes": "prune"}
 
 
 def store_weight(model_dir: Path, weight: float, beam: int, record: dict, ngram_weight: float | None = None,
-                 word_bonus: float | None = None, empty_margin: float = math.inf, oov_penalty: float = 0.0) -> None:
+                 word_bonus: float | None = None, empty_margin: float = math.inf, oov_penalty: float = 0.0,
+                 prune: float | None = None) -> None:
     """Rewrite the head file with `decode_weight`, `beam` (the n-gram's `ngram_weight`, `word_bonus`
-    and `oov_penalty`, the empty candidate's `empty_margin`) and how they were chosen in its metadata."""
+    and `oov_penalty`, the empty candidate's `empty_margin`, the search's `prune`) and how they were
+    chosen in its metadata."""
     path = model_dir / HEAD_FILE
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     meta["decode_weight"], meta["beam"] = str(weight), str(beam)
+    if prune is not None:
+        meta["prune"] = str(prune)
     if ngram_weight is not None:
         meta["ngram_weight"], meta["word_bonus"] = str(ngram_weight), str(word_bonus)
         meta["oov_penalty"] = str(oov_penalty)
@@ -74,12 +78,15 @@ def main() -> None:
     parser.add_argument("--word-bonuses", type=float, nargs="+", default=[1.0], help="beta: a bonus per word")
     parser.add_argument("--oov-penalties", type=float, nargs="+", default=[0.0],
                         help="nats charged per word outside the n-gram's vocabulary, on top of its <unk> score")
+    parser.add_argument("--prunes", type=float, nargs="+", default=[-5.0],
+                        help="the search's pruning: characters below this log-probability in a slot are not "
+                             "tried there (wider, e.g. -7, costs time and reaches characters the head hears weakly)")
     parser.add_argument("--empty-margins", type=float, nargs="+", default=[math.inf],
                         help="then, at the best of the grid: drop the empty candidate when CTC's all-blank "
                              "path is this many nats below its best spelling (inf: never drop it)")
     parser.add_argument("--keep-tuned", action="store_true",
                         help="a setting not given here (--weights, --beams, --ngram-weights, --word-bonuses, "
-                             "--oov-penalties) keeps the value stored in the head, instead of this tool's default: "
+                             "--oov-penalties, --prunes) keeps the value stored in the head, instead of this tool's default: "
                              "a second pass over one axis (e.g. --beams 16 32) after a grid")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--write", action="store_true", help="store the best weight in the head's metadata")
@@ -112,8 +119,9 @@ def main() -> None:
     results: dict[tuple, float] = {}
     model.ctc_empty_margin = math.inf  # the grid runs with the old rule; margins are tried after it
 
-    def use(weight: float, beam: int, alpha: float | None, beta: float | None, oov: float | None) -> None:
-        model.ctc_weight, model.ctc_beam = weight, beam
+    def use(weight: float, beam: int, alpha: float | None, beta: float | None, oov: float | None,
+            prune: float) -> None:
+        model.ctc_weight, model.ctc_beam, model.ctc_prune = weight, beam, prune
         if model.fusion:
             model.fusion = WordFusion(model.fusion.ngram, model.fusion.chars, alpha, beta, oov)
 
@@ -130,20 +138,20 @@ def main() -> None:
         log.info("  by set: %s", ", ".join(f"{name} {value:.2f} %" for name, value in parts.items()))
         return round(100 * error, 2), len(keep), time.perf_counter() - start
 
-    for beam, weight, (alpha, beta, oov) in itertools.product(args.beams, args.weights, fusions):
-        if weight == 0 and (beam, alpha, beta, oov) != (args.beams[0], *fusions[0]):
-            continue  # weight 0 is the LM alone: the beam and the n-gram do not matter
-        use(weight, beam, alpha, beta, oov)
+    for prune, beam, weight, (alpha, beta, oov) in itertools.product(args.prunes, args.beams, args.weights, fusions):
+        if weight == 0 and (prune, beam, alpha, beta, oov) != (args.prunes[0], args.beams[0], *fusions[0]):
+            continue  # weight 0 is the LM alone: the search and the n-gram do not matter
+        use(weight, beam, alpha, beta, oov, prune)
         error, n, seconds = dev_wer()
-        results[(weight, beam, alpha, beta, oov)] = error
-        log.info("weight %.2f beam %d ngram %s bonus %s oov %s: dev WER %.2f %% (%d clips, %.1f s)", weight, beam,
-                 alpha, beta, oov, error, n, seconds)
+        results[(weight, beam, alpha, beta, oov, prune)] = error
+        log.info("weight %.2f beam %d ngram %s bonus %s oov %s prune %s: dev WER %.2f %% (%d clips, %.1f s)", weight,
+                 beam, alpha, beta, oov, prune, error, n, seconds)
     best = min(results, key=results.get)  # ties: the first in grid order
-    weight, beam, alpha, beta, oov = best
-    log.info("best: weight %.2f, beam %d, ngram weight %s, word bonus %s, oov penalty %s (dev WER %.2f %%)", weight,
-             beam, alpha, beta, oov, results[best])
+    weight, beam, alpha, beta, oov, prune = best
+    log.info("best: weight %.2f, beam %d, ngram weight %s, word bonus %s, oov penalty %s, prune %s (dev WER %.2f %%)",
+             weight, beam, alpha, beta, oov, prune, results[best])
     margins = {math.inf: results[best]}
-    use(weight, beam, alpha, beta, oov)
+    use(weight, beam, alpha, beta, oov, prune)
     for margin in [m for m in args.empty_margins if m != math.inf] if weight > 0 else []:
         model.ctc_empty_margin = margin
         margins[margin], n, seconds = dev_wer()
@@ -152,13 +160,13 @@ def main() -> None:
     log.info("empty candidate margin: %s (dev WER %.2f %%)", margin, margins[margin])
     if args.write:
         record = {"manifests": args.manifest, "clips": len(examples),
-                  "dev_wer": {f"w={w} beam={b}" + (f" alpha={a} beta={c} oov={o}" if a is not None else ""): v
-                              for (w, b, a, c, o), v in results.items()},
+                  "dev_wer": {f"w={w} beam={b}" + (f" alpha={a} beta={c} oov={o}" if a is not None else "")
+                              + f" prune={p}": v for (w, b, a, c, o, p), v in results.items()},
                   "empty_margin_dev_wer": {str(m): v for m, v in margins.items()}}
         previous = meta.get("decode_weight_tuning")
         if args.keep_tuned and previous:  # this pass refined the one before: keep its record too
             record["before"] = json.loads(previous)
-        store_weight(args.model, weight, beam, record, alpha, beta, margin, oov or 0.0)
+        store_weight(args.model, weight, beam, record, alpha, beta, margin, oov or 0.0, prune)
         log.info("stored the settings in %s", args.model / HEAD_FILE)
 
 
