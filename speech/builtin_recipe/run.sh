@@ -233,11 +233,18 @@ TUNE=(python -m speech.builtin_recipe.tune_ctc --model speech/builtin/model --ma
 # then the word bonus below the grid's edge, around that point (~3.5 min): n-gram 0.7, bonus 1, penalty 8
 # (dev 8.82 -> 8.71 %; the other eleven points 8.71 (penalty 10: the first listed wins a tie) to 9.15 %)
 "${TUNE[@]}" --weights 1.0 --ngram-weights 0.6 0.7 0.8 --word-bonuses 1 1.5 --beams 48 --oov-penalties 8 10 --write
-# then the beam at that point (~40 s): 64 (dev 8.71 % at 48, 8.66 at 64). Wider beams are better on dev
-# (96: 8.57, 128: 8.53, 192: 8.68) but the server must hold 16 real-time streams on 2 cores: at 128 it
-# held 0 of 16 (p95 1.78 s), at 96 16 with p95 1.31 s against the 1.5 s bound, too close for this
-# machine's swings; so they stay a flag for offline work (`--ctc-beam 128`; README)
+# then the beam at that point (~40 s): 64 (dev 8.71 % at 48, 8.66 at 64). Wider beams were better on
+# dev (96: 8.57, 128: 8.53) but with the search in Python the server held 0 of 16 real-time streams at 128
 "${TUNE[@]}" --weights 1.0 --ngram-weights 0.7 --word-bonuses 1 --beams 48 64 --oov-penalties 8 --write
+# with the search compiled (speech/ctc_search.py), wider beams and the weights around that point (27
+# points, ~6 min): beam 128, n-gram 0.7, bonus 1 (8.53 %; the best at 192 8.55, at 256 8.77)
+"${TUNE[@]}" --weights 1.0 --ngram-weights 0.7 0.6 0.8 --word-bonuses 1 0.5 1.5 --beams 128 192 256 \
+    --oov-penalties 8 --write
+# then the search's pruning, fixed at -5 until now (characters below that log-probability in a slot are
+# not tried there; ~4 min): -11 (8.05 %; -5 8.53, -7 8.17, -9 8.14, -14 8.08; beam 192 at best 8.12)
+"${TUNE[@]}" --keep-tuned --beams 128 192 --prunes -5 -7 -9 -11 -14 --write
+# then the n-gram weight and bonus at that point (~2.5 min): unchanged (0.7, 1; the other eight 8.23-8.71 %)
+"${TUNE[@]}" --keep-tuned --ngram-weights 0.7 0.6 0.8 --word-bonuses 1 0.5 1.5 --write
 bash speech/builtin_recipe/evaluate.sh
 # the Spanish adapter: espeak-ng es/es-419 voices speaking the Asterisk Spanish train prompts
 python -c "import json; seen = dict.fromkeys(json.loads(l)['text'] for l in open('$D/asterisk_es/train.jsonl')); \
