@@ -97,7 +97,15 @@ def ngram_arrays(ngram, chars: str) -> NgramArrays | None:
 
 
 def _njit(function):
-    return numba.njit(cache=True, nogil=True)(function) if numba is not None else None
+    """Compiled lazily, without the GIL (server threads can search side by side), cached on disk
+    where numba finds a writable place (else compiled in each process: numba refuses `cache=True`
+    at decoration when it has none)."""
+    if numba is None:
+        return None
+    try:
+        return numba.njit(cache=True, nogil=True)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(function)
 
 
 def _find(keys, start, stop, key):
