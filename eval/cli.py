@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from speech.commands import BEAM_HELP, CTC_HELP
+from speech.commands import BEAM_HELP, CTC_HELP, PRUNE_HELP
 from speech.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ def register(subparsers) -> None:
     parser.add_argument("--adapter", type=Path, default=None, help="fine-tuned speech adapter folder")
     parser.add_argument("--ctc-weight", type=float, default=None, metavar="W", help=CTC_HELP)
     parser.add_argument("--ctc-beam", type=int, default=None, metavar="N", help=BEAM_HELP)
+    parser.add_argument("--ctc-prune", type=float, default=None, metavar="LOGP", help=PRUNE_HELP)
     parser.add_argument("--model-id", default=None,
                         help="model name in file names (default: speechlora/builtin, or local/<folder name>)")
     parser.add_argument("--task", default="transcribe", help="transcribe (default), translate or both")
@@ -68,12 +69,13 @@ def register(subparsers) -> None:
 
 
 def default_model_id(model: Path | None, adapter: Path | None, ctc_weight: float | None = None,
-                     ctc_beam: int | None = None) -> str:
+                     ctc_beam: int | None = None, ctc_prune: float | None = None) -> str:
     """Names the decoding setup too, so a resumed run never mixes results of two setups."""
     base = BUILTIN_MODEL_ID if model is None else f"local/{model.resolve().name}"
     base = base if adapter is None else f"{base}+{adapter.resolve().name}"
     base = base if ctc_weight is None else f"{base}-ctc{ctc_weight:g}"
-    return base if ctc_beam is None else f"{base}-beam{ctc_beam}"
+    base = base if ctc_beam is None else f"{base}-beam{ctc_beam}"
+    return base if ctc_prune is None else f"{base}-prune{ctc_prune:g}"
 
 
 def _report(directory: Path, lang: str, model_id: str | None, report_dir: Path, top: int) -> None:
@@ -117,7 +119,8 @@ def run_eval(args: argparse.Namespace) -> int:
         for ds in load_datasets(args.manifest, args.dataset)
     ]
     options = RunOptions(
-        model_id=args.model_id or default_model_id(args.model, args.adapter, args.ctc_weight, args.ctc_beam),
+        model_id=args.model_id or default_model_id(args.model, args.adapter, args.ctc_weight, args.ctc_beam,
+                                                             args.ctc_prune),
         task=task,
         lang=lang,
         batch_size=args.batch_size,
@@ -158,4 +161,4 @@ def _load_model(args: argparse.Namespace, dist):
         if torch.cuda.is_available():
             device = f"cuda:{dist.local_rank % torch.cuda.device_count()}"
     return SpeechModel.load(args.model, adapter=args.adapter, device=device, dtype=_dtype(args.dtype),
-                            ctc_weight=args.ctc_weight, ctc_beam=args.ctc_beam)
+                            ctc_weight=args.ctc_weight, ctc_beam=args.ctc_beam, ctc_prune=args.ctc_prune)

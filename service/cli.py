@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from speech.commands import BEAM_HELP, CTC_HELP
+from speech.commands import BEAM_HELP, CTC_HELP, PRUNE_HELP
 from speech.errors import UserError
 
 TOKEN_ENV = "SPEECHLORA_TOKEN"
@@ -24,6 +24,7 @@ def register(subparsers) -> None:
     serve.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     serve.add_argument("--ctc-weight", type=float, default=None, metavar="W", help=CTC_HELP)
     serve.add_argument("--ctc-beam", type=int, default=None, metavar="N", help=BEAM_HELP)
+    serve.add_argument("--ctc-prune", type=float, default=None, metavar="LOGP", help=PRUNE_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all; default %(default)s)")
     serve.add_argument("--port", type=int, default=50051, help="gRPC port (default %(default)s; 0 = any free)")
     serve.add_argument("--max-streams", type=int, default=32, help="concurrent streams (default %(default)s)")
@@ -123,7 +124,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         server = SpeechServer(options, lambda: SpeechModel.load(args.model, adapter=args.adapter, device=args.device,
-                                                                   ctc_weight=args.ctc_weight, ctc_beam=args.ctc_beam),
+                                                                   ctc_weight=args.ctc_weight, ctc_beam=args.ctc_beam,
+                                                                   ctc_prune=args.ctc_prune),
                               model_name=name)
         try:
             port = await server.start()

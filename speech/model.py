@@ -191,7 +191,8 @@ class SpeechModel(nn.Module):
     @classmethod
     def load(cls, path: str | Path | None = None, adapter: str | Path | None = None, device: str | None = None,
              dtype: torch.dtype | None = None, merge_lora: bool = True,
-             ctc_weight: float | None = None, ctc_beam: int | None = None) -> SpeechModel:
+             ctc_weight: float | None = None, ctc_beam: int | None = None,
+             ctc_prune: float | None = None) -> SpeechModel:
         """Load a local checkpoint folder (either layout), or the built-in model when `path` is None.
 
         `adapter`: a PEFT folder of a fine-tuned speech adapter; it replaces the checkpoint's speech
@@ -199,11 +200,14 @@ class SpeechModel(nn.Module):
         the LoRA as separate peft modules (for training). `ctc_weight`: the weight of the folder's
         CTC head when rescoring English transcripts (speech.ctc; 0 turns it off; default: the
         weight stored with the head, or off with an adapter: a new language, which the head's
-        alphabet was not trained on). `ctc_beam`: the prefix search's beam width (default: the
-        width stored with the head).
+        alphabet was not trained on). `ctc_beam`: the prefix search's beam width, and `ctc_prune`
+        the log-probability above which it tries a character in a slot (defaults: the values
+        stored with the head).
         """
         if ctc_beam is not None and ctc_beam < 1:
             raise UserError(f"ctc_beam must be at least 1, not {ctc_beam}")
+        if ctc_prune is not None and not ctc_prune < 0:  # log-probabilities are <= 0: at 0 nothing is tried
+            raise UserError(f"ctc_prune must be a negative log-probability, not {ctc_prune}")
         start = time.perf_counter()
         root = Path(path) if path is not None else builtin_path()
         if path is None and not (root / "config.json").exists():
@@ -240,7 +244,7 @@ class SpeechModel(nn.Module):
         if head is not None:
             model.ctc_head, settings = head
             model.ctc_beam, model.ctc_empty_margin = ctc_beam or settings["beam"], settings["empty_margin"]
-            model.ctc_prune = settings["prune"]
+            model.ctc_prune = ctc_prune if ctc_prune is not None else settings["prune"]
             model.lexicon = Lexicon.load(root, model.ctc_head.chars)
             model.fusion = load_fusion(root, model.ctc_head.chars, settings)
             model.ctc_weight = ctc_weight if ctc_weight is not None else (0.0 if adapter else settings["decode_weight"])
@@ -297,7 +301,7 @@ class SpeechModel(nn.Module):
     def _decoding(self) -> dict:
         if self.ctc_head is None or self.ctc_weight == 0:
             return {"method": "greedy"}
-        out = {"method": "ctc-rescoring", "ctc_weight": self.ctc_weight, "beam": self.ctc_beam,
+        out = {"method": "ctc-rescoring", "ctc_weight": self.ctc_weight, "beam": self.ctc_beam, "prune": self.ctc_prune,
                "empty_margin": None if math.isinf(self.ctc_empty_margin) else self.ctc_empty_margin,
                "lexicon": len(self.lexicon.surface) if self.lexicon else None, "ngram": None}
         if self.fusion is not None:

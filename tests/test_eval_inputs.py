@@ -240,12 +240,14 @@ def test_torn_last_line_tolerated_only_when_asked(tmp_path):
 
 
 def test_default_model_id_names_the_decoding_setup():
-    """A run with --ctc-weight / --ctc-beam resumes into its own result files, never the default's."""
+    """A run with --ctc-weight / --ctc-beam / --ctc-prune resumes into its own result files, never the default's."""
     from eval.cli import default_model_id
 
     assert default_model_id(None, None) == "speechlora/builtin"
     assert default_model_id(None, None, 1.0) == "speechlora/builtin-ctc1"
     assert default_model_id(None, None, 1.0, 16) == "speechlora/builtin-ctc1-beam16"
     assert default_model_id(None, None, None, 8) == "speechlora/builtin-beam8"
-    assert len({parse_result_filename(result_filename(default_model_id(None, None, w, b), "x_y_test"))[0]
-                for w, b in [(None, None), (1.0, None), (1.0, 16), (None, 16)]}) == 4
+    assert default_model_id(None, None, None, 8, -5.0) == "speechlora/builtin-beam8-prune-5"
+    assert len({parse_result_filename(result_filename(default_model_id(None, None, w, b, p), "x_y_test"))[0]
+                for w, b, p in [(None, None, None), (1.0, None, None), (1.0, 16, None), (None, 16, None),
+                                (None, None, -5.0)]}) == 5

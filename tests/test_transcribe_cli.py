@@ -89,6 +89,7 @@ def test_bad_audio_gets_one_line_and_others_still_run(tiny_native, speech_dir, t
     (["--task", "summarize"], "unknown task 'summarize'"),
     (["--task", "translate", "--target-lang", "Klingon"], "unknown language 'Klingon'"),
     (["--ctc-beam", "0"], "ctc_beam must be at least 1"),
+    (["--ctc-prune", "3"], "ctc_prune must be a negative log-probability"),
 ])
 def test_bad_task_or_language(tiny_native, speech_dir, args, reason):
     line = _one_clear_line(cli("transcribe", speech_dir / "s0.wav", "--model", tiny_native, *args))

@@ -245,6 +245,10 @@ TUNE=(python -m speech.builtin_recipe.tune_ctc --model speech/builtin/model --ma
 "${TUNE[@]}" --keep-tuned --beams 128 192 --prunes -5 -7 -9 -11 -14 --write
 # then the n-gram weight and bonus at that point (~2.5 min): unchanged (0.7, 1; the other eight 8.23-8.71 %)
 "${TUNE[@]}" --keep-tuned --ngram-weights 0.7 0.6 0.8 --word-bonuses 1 0.5 1.5 --write
+# then the unknown-word penalty, last tuned at prune -5 (~2 min): 12 (7.88 %; 6: 8.80, 8: 8.05, 10 and 14:
+# 7.90, 16 and 20: 7.92), and the n-gram weight and bonus once more at it: unchanged (the others 7.92-8.66 %)
+"${TUNE[@]}" --keep-tuned --oov-penalties 8 6 10 12 14 16 20 --write
+"${TUNE[@]}" --keep-tuned --ngram-weights 0.7 0.6 0.8 --word-bonuses 1 0.5 1.5 --write
 bash speech/builtin_recipe/evaluate.sh
 # the Spanish adapter: espeak-ng es/es-419 voices speaking the Asterisk Spanish train prompts
 python -c "import json; seen = dict.fromkeys(json.loads(l)['text'] for l in open('$D/asterisk_es/train.jsonl')); \
