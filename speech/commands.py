@@ -19,8 +19,8 @@ CTC_HELP = ("weight of the model's CTC head (with its word n-gram) against the L
 BEAM_HELP = ("beam width of the CTC prefix search (default: the tuned width stored with the head; a narrower "
              "beam decodes faster, e.g. 16 with --ctc-weight 1 for many streams on a small CPU)")
 PRUNE_HELP = ("the CTC prefix search tries, in each slot, only the characters above this log-probability "
-              "(negative; default: the tuned value stored with the head, -11 for the built-in model; -5 "
-              "decodes the built-in model about twice as fast, at some accuracy)")
+              "(negative; default: the tuned value stored with the head, -11 for the built-in model; at -5 "
+              "its search runs about twice as fast, at some accuracy)")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
