@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +220,25 @@ def prefix_beam_search(log_probs: torch.Tensor, length: int, chars: str, beam: i
     if fusion is None:
         return ctc_search.search(lp, chars, beam, prune)
     return ctc_search.search(lp, chars, beam, prune, arrays, fusion.alpha, fusion.beta, fusion.oov_penalty)
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def prefix_beam_searches(rows: list[tuple[torch.Tensor, int]], chars: str, beam: int = 8, prune: float = -7.0,
+                         fusion: WordFusion | None = None, threads: int = 1) -> list[list[tuple[str, float]]]:
+    """`prefix_beam_search` for several utterances ((log-probs, length) each), on up to `threads`
+    threads when the compiled search runs: it holds no GIL, so a batch's searches use every core the
+    encoder used a moment before (the server decodes one batch at a time). Same answers, in order.
+    """
+    if fusion is not None:
+        fusion.arrays()  # built once, before the threads want it
+    if threads <= 1 or len(rows) <= 1 or not ctc_search.available():
+        return [prefix_beam_search(lp, n, chars, beam, prune, fusion) for lp, n in rows]
+    pool = _POOLS.get(threads)
+    if pool is None:
+        pool = _POOLS.setdefault(threads, ThreadPoolExecutor(threads, thread_name_prefix="speechlora-ctc"))
+    return list(pool.map(lambda row: prefix_beam_search(row[0], row[1], chars, beam, prune, fusion), rows))
 
 
 def prefix_beam_search_python(log_probs: torch.Tensor, length: int, chars: str, beam: int = 8,

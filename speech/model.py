@@ -41,7 +41,7 @@ from speech.ctc import (
     char_ids,
     load_ctc_head,
     load_fusion,
-    prefix_beam_search,
+    prefix_beam_searches,
     sequence_log_probs,
 )
 from speech.decoding import greedy_decode
@@ -402,9 +402,10 @@ class SpeechModel(nn.Module):
         log_probs, slots = head(states.float(), lengths)
         log_probs, slots = log_probs.cpu(), slots.cpu()
         proposals = {}
-        for row in rows:
-            nbest = prefix_beam_search(log_probs[row], int(slots[row]), head.chars, beam=self.ctc_beam,
-                                       prune=self.ctc_prune, fusion=self.fusion)
+        searched = prefix_beam_searches([(log_probs[row], int(slots[row])) for row in rows], head.chars,
+                                        beam=self.ctc_beam, prune=self.ctc_prune, fusion=self.fusion,
+                                        threads=torch.get_num_threads())
+        for row, nbest in zip(rows, searched):
             write = self.lexicon.write if self.lexicon else (lambda t: t[:1].upper() + t[1:])
             lm_text = [texts[row]] if self.ctc_lm_candidate else []
             empty = [""] if self._empty_allowed(log_probs[row], int(slots[row]), nbest) else []

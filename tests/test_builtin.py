@@ -84,7 +84,7 @@ def test_compiled_search_matches_python_on_real_speech(builtin, tmp_path):
     import torch
 
     from speech import ctc_search
-    from speech.ctc import prefix_beam_search, prefix_beam_search_python
+    from speech.ctc import prefix_beam_search, prefix_beam_search_python, prefix_beam_searches
 
     if not ctc_search.available():
         pytest.skip("numba is not installed")
@@ -98,6 +98,10 @@ def test_compiled_search_matches_python_on_real_speech(builtin, tmp_path):
         kwargs = {"beam": builtin.ctc_beam, "prune": builtin.ctc_prune, "fusion": builtin.fusion}
         fast = prefix_beam_search(*args, **kwargs)
         assert len(fast) > 10 and fast == prefix_beam_search_python(*args, **kwargs)
+    # several at once, on two threads (how the model searches a batch): the same lists, in order
+    rows = [(log_probs[i], int(slots[i])) for i in range(len(SENTENCES))]
+    assert prefix_beam_searches(rows, builtin.ctc_head.chars, threads=2, **kwargs) == \
+        [prefix_beam_search(lp, n, builtin.ctc_head.chars, **kwargs) for lp, n in rows]
 
 
 def test_silence_is_an_empty_transcript_with_ctc(builtin):
@@ -160,13 +164,13 @@ def test_ctc_beam_and_prune_override_the_tuned_settings(tmp_path, monkeypatch):
     assert (model.ctc_beam, model.ctc_prune) == (3, -2.5) and stored.ctc_beam != 3 and stored.ctc_prune != -2.5
     assert model.describe()["decoding"]["prune"] == -2.5
     settings = []
-    search = model_module.prefix_beam_search
+    search = model_module.prefix_beam_searches
 
     def spy(*args, **kwargs):
         settings.append((kwargs["beam"], kwargs["prune"]))
         return search(*args, **kwargs)
 
-    monkeypatch.setattr(model_module, "prefix_beam_search", spy)
+    monkeypatch.setattr(model_module, "prefix_beam_searches", spy)
     assert model.generate(_unseen_voice_clips(tmp_path)[:1])[0]
     assert settings and set(settings) == {(3, -2.5)}
 
