@@ -207,12 +207,14 @@ class WordFusion:
 
 
 def prefix_beam_search(log_probs: torch.Tensor, length: int, chars: str, beam: int = 8,
-                       prune: float = -7.0, fusion: WordFusion | None = None) -> list[tuple[str, float]]:
+                       prune: float = DEFAULT_PRUNE, fusion: WordFusion | None = None) -> list[tuple[str, float]]:
     """The `beam` best transcripts of one utterance under CTC (and `fusion`), best first, with scores.
 
     The compiled search (speech.ctc_search) where it can run, else the Python one
     (`prefix_beam_search_python`); both give the same answer.
     """
+    if beam < 1:
+        raise ValueError(f"the beam must be at least 1, not {beam}")
     arrays = fusion.arrays() if fusion is not None else None
     if not ctc_search.available() or (fusion is not None and arrays is None):
         return prefix_beam_search_python(log_probs, length, chars, beam, prune, fusion)
@@ -225,7 +227,7 @@ def prefix_beam_search(log_probs: torch.Tensor, length: int, chars: str, beam: i
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
-def prefix_beam_searches(rows: list[tuple[torch.Tensor, int]], chars: str, beam: int = 8, prune: float = -7.0,
+def prefix_beam_searches(rows: list[tuple[torch.Tensor, int]], chars: str, beam: int = 8, prune: float = DEFAULT_PRUNE,
                          fusion: WordFusion | None = None, threads: int = 1) -> list[list[tuple[str, float]]]:
     """`prefix_beam_search` for several utterances ((log-probs, length) each), on up to `threads`
     threads when the compiled search runs: it holds no GIL, so a batch's searches use every core the
@@ -242,7 +244,7 @@ def prefix_beam_searches(rows: list[tuple[torch.Tensor, int]], chars: str, beam:
 
 
 def prefix_beam_search_python(log_probs: torch.Tensor, length: int, chars: str, beam: int = 8,
-                              prune: float = -7.0, fusion: WordFusion | None = None) -> list[tuple[str, float]]:
+                              prune: float = DEFAULT_PRUNE, fusion: WordFusion | None = None) -> list[tuple[str, float]]:
     """The `beam` best transcripts of one utterance under CTC (and `fusion`), best first, with scores:
     the reference search, in Python.
 

@@ -76,18 +76,19 @@ def ngram_arrays(ngram, chars: str) -> NgramArrays | None:
     position = {c: i for i, c in enumerate(chars)}
     child = [[-1] * len(chars)]
     word_of = [ngram.unk_id]
-    for word in ngram.vocabulary:  # the words the search can spell; the same set as WordFusion's prefixes
-        if any(c not in position for c in word):
-            continue
+    for word in ngram.vocabulary:  # every prefix the search can spell: WordFusion's prefixes
         node = 0
         for c in word:
+            if c not in position:  # a word from a foreign ARPA ("wouldn’t"): its spellable prefix only
+                break
             nxt = child[node][position[c]]
             if nxt < 0:
                 nxt = child[node][position[c]] = len(child)
                 child.append([-1] * len(chars))
                 word_of.append(ngram.unk_id)
             node = nxt
-        word_of[node] = ngram.word_id(word)
+        else:
+            word_of[node] = ngram.word_id(word)
     begin = ngram.begin()
     return NgramArrays(
         np.concatenate(keys), np.concatenate(logp), np.concatenate(bow), np.array(offsets, dtype=np.int64),
@@ -233,8 +234,8 @@ def _search(lp, blank, space, beam, prune, fused, ng_keys, ng_logp, ng_bow, offs
             g_blank, g_char, g_rank = np.empty(size, np.float64), np.empty(size, np.float64), np.empty(size, np.float64)
             g_fs, g_fk = np.empty(size, np.float64), np.empty(size, np.int64)
             g_fl, g_lex = np.empty(size, np.int64), np.empty(size, np.int64)
-        if n_nodes + max(beam, need) > cap:  # room for every node this slot can make
-            cap = 2 * (n_nodes + max(beam, need))
+        if n_nodes + min(beam, need) > cap:  # room for every node this slot can make
+            cap = 2 * (n_nodes + min(beam, need))
             last_of, parent_of = _grow_i(last_of, cap, 0), _grow_i(parent_of, cap, 0)
             f_score, f_key = _grow_f(f_score, cap), _grow_i(f_key, cap, 0)
             f_len, f_lex, ranks = _grow_i(f_len, cap, 0), _grow_i(f_lex, cap, 0), _grow_f(ranks, cap)
@@ -332,8 +333,9 @@ def _search(lp, blank, space, beam, prune, fused, ng_keys, ng_logp, ng_bow, offs
                 if scored[s] == bar:
                     chosen[n] = s
                     n += 1
-            chosen = chosen[np.argsort(-scored[chosen], kind="mergesort")]
-            n_beams = beam
+            # n < beam only if scores are NaN (a broken model): keep what was chosen, never garbage
+            chosen = chosen[:n][np.argsort(-scored[chosen[:n]], kind="mergesort")]
+            n_beams = n
         else:
             chosen = np.arange(n_grown)
             n_beams = n_grown
@@ -411,6 +413,8 @@ def search(lp: np.ndarray, chars: str, beam: int, prune: float, arrays: NgramArr
     """The `beam` best transcripts of log-probs `lp` [slots, len(chars) + 1], best first, with
     scores: speech.ctc.prefix_beam_search_python's answer, with the word n-gram `arrays` fused at
     weight `alpha`, bonus `beta` and unknown-word penalty `oov_penalty` (WordFusion's), or none."""
+    if beam < 1:
+        raise ValueError(f"the beam must be at least 1, not {beam}")
     blank, space = len(chars), chars.index(" ")
     if arrays is None:
         fused, parts = False, (_EMPTY_I, _EMPTY_F, _EMPTY_F, _EMPTY_I, _EMPTY_I, _EMPTY_LEX, _EMPTY_I,

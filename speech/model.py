@@ -35,6 +35,7 @@ from speech.checkpoint import (
 )
 from speech.ctc import (
     DEFAULT_PRUNE,
+    HEAD_FILE,
     CTCHead,
     Lexicon,
     WordFusion,
@@ -245,6 +246,9 @@ class SpeechModel(nn.Module):
             model.ctc_head, settings = head
             model.ctc_beam, model.ctc_empty_margin = ctc_beam or settings["beam"], settings["empty_margin"]
             model.ctc_prune = ctc_prune if ctc_prune is not None else settings["prune"]
+            if model.ctc_beam < 1 or not model.ctc_prune < 0:
+                raise CheckpointError(f"{root / HEAD_FILE}: stored beam {settings['beam']} / prune {settings['prune']}: "
+                                      "the beam must be at least 1 and the prune a negative log-probability")
             model.lexicon = Lexicon.load(root, model.ctc_head.chars)
             model.fusion = load_fusion(root, model.ctc_head.chars, settings)
             model.ctc_weight = ctc_weight if ctc_weight is not None else (0.0 if adapter else settings["decode_weight"])

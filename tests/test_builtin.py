@@ -303,6 +303,21 @@ def test_tune_ctc_second_pass_keeps_the_stored_settings(tmp_path, monkeypatch):
     assert record["before"] == {"dev_wer": {"first": 1.0}}
 
 
+def test_a_head_storing_a_broken_search_setting_is_refused(tmp_path):
+    """A ctc_head.safetensors whose stored beam is 0 (hand-edited, or a bad tuning run) is a clear
+    CheckpointError at load, not a search that writes past its arrays at the first decode."""
+    import shutil
+
+    from speech.builtin_recipe import tune_ctc
+    from speech.errors import CheckpointError
+
+    folder = tmp_path / "model"
+    shutil.copytree(builtin_path(), folder)
+    tune_ctc.store_weight(folder, 1.0, 0, {"dev_wer": {}}, 0.7, 1.0, oov_penalty=12.0, prune=-11.0)
+    with pytest.raises(CheckpointError, match="beam 0"):
+        SpeechModel.load(folder)
+
+
 def test_package_stays_within_its_size_budget():
     """Issue 6: the built-in model ships inside the package, <= 60 MB with its adapters."""
     root = builtin_path().parent

@@ -257,12 +257,15 @@ def _spoken_log_probs(words: list[str], seed: int) -> torch.Tensor:
 def test_compiled_search_gives_the_python_search_answer(corpus, tmp_path, order):
     """The compiled search (speech/ctc_search.py) keeps the Python reference's n-best lists and
     scores exactly, fused or not, across weights, bonuses, penalties, beams and pruning."""
-    build_arpa(corpus, tmp_path / "lm.arpa", order=order, min_count=1)
+    # a word the head cannot spell whole (from a foreign ARPA): its spellable prefix "zqx" is still a
+    # known prefix, so an open "zqx" pays no unknown-word penalty in either search
+    build_arpa(corpus + [["the", "zqx’y"]] * 3, tmp_path / "lm.arpa", order=order, min_count=1)
     lm = WordNgram.load(tmp_path / "lm.arpa")
+    assert "zqx" in lm.prefixes() and "zqx" not in lm.vocabulary
     fusions = [None, WordFusion(lm, CHARS, 0.7, 1.0, 8.0), WordFusion(lm, CHARS, 1.5, -0.5, 0.0),
                WordFusion(lm, CHARS, 0.0, 0.0, 3.0)]
     checked = 0
-    for seed, words in enumerate(corpus[:12]):
+    for seed, words in enumerate([["the", "zqx", "cat"], ["zqx"]] + corpus[:12]):
         lp = _spoken_log_probs(words[:8], seed)
         for fusion, beam, prune in zip(fusions * 2, [4, 16, 64, 8, 32, 1, 128, 2], [-7.0, -4.0, -math.inf, -12.0] * 2):
             fast = prefix_beam_search(lp, len(lp) - seed % 3, CHARS, beam=beam, prune=prune, fusion=fusion)
@@ -270,6 +273,8 @@ def test_compiled_search_gives_the_python_search_answer(corpus, tmp_path, order)
             assert fast == slow, (words, beam, prune)
             checked += len(fast)
     assert checked > 500  # the lists are long enough to disagree if the searches did
+    with pytest.raises(ValueError, match="beam"):
+        prefix_beam_search(lp, len(lp), CHARS, beam=0, fusion=fusions[1])
 
 
 def test_an_ngram_past_63_bits_uses_the_python_search(corpus, tmp_path):

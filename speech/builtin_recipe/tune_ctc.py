@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from encoder.audio import load_audio
-from speech.ctc import HEAD_FILE, WordFusion, decode_settings, head_metadata
+from speech.ctc import DEFAULT_PRUNE, HEAD_FILE, WordFusion, decode_settings, head_metadata
 from speech.finetune.data import read_manifests
 from speech.model import SpeechModel
 
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--word-bonuses", type=float, nargs="+", default=[1.0], help="beta: a bonus per word")
     parser.add_argument("--oov-penalties", type=float, nargs="+", default=[0.0],
                         help="nats charged per word outside the n-gram's vocabulary, on top of its <unk> score")
-    parser.add_argument("--prunes", type=float, nargs="+", default=[-5.0],
+    parser.add_argument("--prunes", type=float, nargs="+", default=[DEFAULT_PRUNE],
                         help="the search's pruning: characters below this log-probability in a slot are not "
                              "tried there (wider, e.g. -7, costs time and reaches characters the head hears weakly)")
     parser.add_argument("--empty-margins", type=float, nargs="+", default=[math.inf],
