@@ -104,6 +104,18 @@ def test_compiled_search_matches_python_on_real_speech(builtin, tmp_path):
         [prefix_beam_search(lp, n, builtin.ctc_head.chars, **kwargs) for lp, n in rows]
 
 
+def test_without_numba_the_python_search_gives_the_same_transcripts(builtin, tmp_path, monkeypatch):
+    """Where numba cannot import, the model decodes with the Python search (speech/ctc.py): slower,
+    the same transcripts."""
+    from speech import ctc_search
+
+    clips = _unseen_voice_clips(tmp_path)[:2]
+    compiled = builtin.generate(clips)
+    monkeypatch.setattr(ctc_search, "numba", None)
+    assert not ctc_search.available()
+    assert builtin.generate(clips) == compiled and all(compiled)
+
+
 def test_silence_is_an_empty_transcript_with_ctc(builtin):
     """The empty transcript is a candidate: CTC hears nothing in silence, so nothing is said."""
     import numpy as np
