@@ -129,14 +129,6 @@ def char_ids(text: str, chars: str) -> list[int]:
     return [chars.index(c) for c in " ".join(_normalize(text, chars).split())]
 
 
-def _logaddexp(a: float, b: float) -> float:
-    if a == -math.inf:
-        return b
-    if b == -math.inf:
-        return a
-    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
-
-
 class WordFusion:
     """Shallow fusion of a word n-gram into the prefix search (speech.ngram).
 
@@ -333,17 +325,9 @@ def prefix_beam_search_python(log_probs: torch.Tensor, length: int, chars: str, 
             beams = {node: grown[node] for _, node in scored[:beam]}
         else:
             beams = grown
-    merged: dict[str, float] = {}
-    for node, probs in beams.items():
-        spelled = []
-        n = node
-        while n > 0:
-            spelled.append(chars[last_of[n]])
-            n = parent_of[n]
-        text = "".join(reversed(spelled)).strip()
-        score = _logaddexp(*probs) + (fusion.finish(states[node]) if fusion else 0.0)
-        merged[text] = _logaddexp(merged.get(text, -math.inf), score)
-    return sorted(merged.items(), key=lambda kv: -kv[1])
+    scores = [ctc_search.log_add(*probs) + (fusion.finish(states[node]) if fusion else 0.0)
+              for node, probs in beams.items()]
+    return ctc_search.nbest(list(beams), scores, last_of, parent_of, chars)
 
 
 def _first(item: tuple) -> float:

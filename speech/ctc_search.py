@@ -19,7 +19,7 @@ compile (~10 s); later processes load it in a fraction of a second.
 Exactness: the kernel makes the same floating-point operations in the same order as
 ``speech.ctc.prefix_beam_search_python`` and breaks ties the same way (a stable sort of the
 beams in the order they were made), so both return the same n-best lists with the same scores;
-tests/test_ctc.py holds them to it on real clips. The Python search stays the reference and
+tests/test_ctc.py, tests/test_ngram.py and tests/test_builtin.py (real clips) hold them to it. The Python search stays the reference and
 the fallback (numba missing, or an n-gram whose packed keys do not fit 63 bits).
 
 Everything crosses into the kernel as numpy arrays: the word n-gram as every order's sorted
@@ -29,13 +29,13 @@ as a character trie (a node's child per character; the word a node spells, if an
 
 from __future__ import annotations
 
-import logging
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from speech.ngram import EOS
 
 try:  # numba comes with librosa; without it the Python search is used
     import numba
@@ -48,7 +48,7 @@ NEG_INF = -math.inf
 
 
 class NgramArrays(NamedTuple):
-    """A word n-gram and its fusion weights in the form the compiled kernel reads."""
+    """A word n-gram in the form the compiled kernel reads (the fusion weights go in per call)."""
 
     keys: np.ndarray  # int64: every order's packed keys, ascending within an order, orders concatenated
     logp: np.ndarray  # float64: ln P of each key
@@ -93,7 +93,7 @@ def ngram_arrays(ngram, chars: str) -> NgramArrays | None:
     return NgramArrays(
         np.concatenate(keys), np.concatenate(logp), np.concatenate(bow), np.array(offsets, dtype=np.int64),
         np.array(ngram.powers, dtype=np.int64), np.array(child, dtype=np.int32), np.array(word_of, dtype=np.int64),
-        np.array([ngram.base, ngram.order, ngram.unk_id, ngram.word_id("</s>"), begin[0], begin[1]], dtype=np.int64),
+        np.array([ngram.base, ngram.order, ngram.unk_id, ngram.word_id(EOS), begin[0], begin[1]], dtype=np.int64),
         float(ngram.unk))
 
 
@@ -149,7 +149,8 @@ def _close(ng_keys, ng_logp, ng_bow, offsets, powers, lex_word, numbers, ids, sc
     return score, key, length
 
 
-def _log_add(a, b):
+def log_add(a, b):
+    """ln(e^a + e^b), exact at -inf (both searches use it, compiled and not)."""
     if a == NEG_INF:
         return b
     if b == NEG_INF:
@@ -392,7 +393,7 @@ def _grow_f(a, cap):
 _find_c = _njit(_find)
 _ngram_logp_c = _njit(_ngram_logp)
 _close_c = _njit(_close)
-_log_add_c = _njit(_log_add)
+_log_add_c = _njit(log_add)
 _grow_i = _njit(_grow_i)
 _grow_f = _njit(_grow_f)
 _grow_b = _njit(_grow_b)
@@ -424,15 +425,22 @@ def search(lp: np.ndarray, chars: str, beam: int, prune: float, arrays: NgramArr
         fused, parts = True, (*arrays[:-2], numbers, arrays.ids)
     nodes, scores, last_of, parent_of = _search_c(np.ascontiguousarray(lp, dtype=np.float64), blank, space, int(beam),
                                                   float(prune), fused, *parts)
+    return nbest(nodes.tolist(), scores.tolist(), last_of, parent_of, chars)
+
+
+def nbest(nodes: Sequence[int], scores: Sequence[float], last_of: Sequence[int], parent_of: Sequence[int],
+          chars: str) -> list[tuple[str, float]]:
+    """The final beams (prefix-trie nodes and their scores) as texts, best first; beams spelled
+    alike (a trailing space or not) are one transcript, their probabilities added. Both searches
+    end here."""
     merged: dict[str, float] = {}
-    for node, score in zip(nodes.tolist(), scores.tolist()):
+    for node, score in zip(nodes, scores):
         spelled = []
         while node > 0:
             spelled.append(chars[last_of[node]])
             node = parent_of[node]
         text = "".join(reversed(spelled)).strip()
-        old = merged.get(text, NEG_INF)
-        merged[text] = _log_add(old, score)
+        merged[text] = log_add(merged.get(text, NEG_INF), score)
     return sorted(merged.items(), key=lambda kv: -kv[1])
 
 
