@@ -166,3 +166,46 @@ def test_every_recipe_command_has_help():
                           cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split().count("ok") == len(modules) >= 10
+
+
+def test_ctc_round_keeps_snapshots_graft_can_take(tmp_path):
+    """speech.builtin_recipe.ctc --snapshot-every: a real (tiny) CTC round on espeak-ng speech keeps
+    OUT/step_N model folders whose encoders differ from each other and from the final one only as
+    training moved them, and `graft` takes a snapshot as a donor (a round's checkpoint chosen by
+    decoded dev WER afterwards)."""
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from speech.builtin_recipe.graft import graft
+    from speech.model import SpeechModel
+    from speech.tiny import write_tiny_checkpoint
+    from tests.conftest import espeak
+
+    model = write_tiny_checkpoint(tmp_path / "tiny", seed=0)
+    rows = []
+    for i, line in enumerate(["press one for sales", "please hold the line"]):
+        wav = espeak(line, tmp_path / f"c{i}.wav", rate=16000)
+        rows.append({"audio_filepath": str(wav), "duration": 2.0, "text": line, "lang": "en"})
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "round"
+    proc = subprocess.run([sys.executable, "-m", "speech.builtin_recipe.ctc", "--model", str(model), "--out", str(out),
+                           "--manifest", str(tmp_path / "train.jsonl"), "--batch-size", "2", "--steps", "4",
+                           "--warmup", "1", "--snapshot-every", "2", "--lr", "1e-3"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.glob("step_*")) == ["step_2", "step_4"]
+    assert not list((out / "step_4").glob("step_*"))  # snapshots are not nested
+    weights = {name: load_file(str(out / name / "model.safetensors")) for name in ("step_2", "step_4")}
+    final = load_file(str(out / "model.safetensors"))
+    encoder_keys = [k for k in final if ".encoder." in k]
+    assert encoder_keys
+    assert all((weights["step_4"][k] == final[k]).all() for k in encoder_keys)
+    assert any(not (weights["step_2"][k] == final[k]).all() for k in encoder_keys)
+    assert json.loads((out / "step_2" / "ctc_pretraining.json").read_text())["steps"] == 2
+    assert graft(model, out / "step_2", tmp_path / "grafted") > 0
+    assert (tmp_path / "grafted" / "ctc_head.safetensors").read_bytes() == \
+        (out / "step_2" / "ctc_head.safetensors").read_bytes()
+    SpeechModel.load(tmp_path / "grafted")

@@ -93,6 +93,11 @@ def main() -> None:
     parser.add_argument("--targets", choices=("chars", "bpe"), default="chars")
     parser.add_argument("--upsample", type=int, default=3, help="CTC slots per encoder frame")
     parser.add_argument("--save-every", type=float, default=10.0, help="minutes between saves of --out")
+    parser.add_argument("--snapshot-every", type=int, default=0, metavar="STEPS",
+                        help="also keep a copy of --out every STEPS steps as OUT/step_N (a model folder "
+                             "`graft` takes), to choose a round's checkpoint by decoded dev WER afterwards: "
+                             "greedy CTC WER on dev, all the training loop sees, has preferred checkpoints "
+                             "the full decoder scores worse (docs/builtin-model.md, stage 2x)")
     parser.add_argument("--init-head", type=Path, default=None,
                         help="start from this ctc_head.safetensors (continuing a run) instead of a fresh head")
     parser.add_argument("--speed-perturb", type=float, default=0.0, metavar="F",
@@ -179,7 +184,8 @@ def main() -> None:
                 log.info("  ref %s\n  hyp %s", record["sample"]["ref"], record["sample"]["hyp"])
             history.append(record)
         done = step >= args.steps or (time.time() - start) / 60 >= args.max_minutes
-        if done or time.time() - last_save >= args.save_every * 60:
+        snapshot = args.snapshot_every > 0 and step % args.snapshot_every == 0
+        if done or snapshot or time.time() - last_save >= args.save_every * 60:
             save(args, state, encoder, head, {"manifests": args.manifest, "clips": len(examples), "steps": step,
                                         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                                         "targets": args.targets, "upsample": upsample,
@@ -188,6 +194,11 @@ def main() -> None:
                                         "vtlp": args.vtlp, "vtlp_shift": args.vtlp_shift, "narrowband": args.narrowband,
                                         "final_loss_ema": ema, "history": history})
             last_save = time.time()
+        if snapshot:
+            kept = args.out / f"step_{step}"
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(args.out, kept, ignore=shutil.ignore_patterns("step_*", "*.tmp"))
+            log.info("kept a snapshot of step %d in %s", step, kept)
         if done:
             break
     log.info("wrote %s after %d steps (CTC loss %.3f)", args.out, step, ema)
