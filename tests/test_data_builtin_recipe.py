@@ -209,3 +209,10 @@ def test_ctc_round_keeps_snapshots_graft_can_take(tmp_path):
     assert (tmp_path / "grafted" / "ctc_head.safetensors").read_bytes() == \
         (out / "step_2" / "ctc_head.safetensors").read_bytes()
     SpeechModel.load(tmp_path / "grafted")
+    # a rerun into the same folder leaves no snapshot of the run before it
+    proc = subprocess.run([sys.executable, "-m", "speech.builtin_recipe.ctc", "--model", str(model), "--out", str(out),
+                           "--manifest", str(tmp_path / "train.jsonl"), "--batch-size", "2", "--steps", "2",
+                           "--warmup", "1", "--snapshot-every", "2", "--lr", "1e-3"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.glob("step_*")) == ["step_2"]

@@ -44,6 +44,37 @@ def test_revoice_moves_pitch_and_keeps_length(clip):
     assert revoice(np.zeros(sr), sr, 1.2, 1.0, 1.0) is None  # nothing voiced: the caller copies it
 
 
+def test_intonation_scales_pitch_excursions_around_the_mean(clip):
+    from speech.builtin_recipe.vocode import revoice
+
+    x, sr = sf.read(clip / "a.wav")
+
+    def spread(y):
+        f0, t = pyworld.dio(y.astype(np.float64), sr, frame_period=5.0)
+        f0 = pyworld.stonemask(y.astype(np.float64), f0, t, sr)
+        logs = np.log(f0[f0 > 0])
+        return float(np.percentile(logs, 90) - np.percentile(logs, 10)), float(np.exp(np.median(logs)))
+
+    before, centre = spread(x)
+    flat, flat_centre = spread(revoice(x, sr, f0_scale=1.0, formant=1.0, intonation=0.0))
+    lively, lively_centre = spread(revoice(x, sr, f0_scale=1.0, formant=1.0, intonation=2.0))
+    assert flat < 0.25 * before and 1.6 * before < lively < 2.4 * before  # a monotone; twice the excursions
+    assert flat_centre == pytest.approx(centre, rel=0.1) and lively_centre == pytest.approx(centre, rel=0.15)
+
+
+def test_manifest_count_suffixes():
+    from pathlib import Path
+
+    from speech.builtin_recipe.vocode import _source
+
+    assert _source("data/a/train.jsonl:x6") == (Path("data/a/train.jsonl"), "x6")
+    assert _source("data/a/train.jsonl:1500") == (Path("data/a/train.jsonl"), "1500")
+    assert _source("data/a/train.jsonl") == (Path("data/a/train.jsonl"), "x1")
+    assert _source("c:/x/train.jsonl") == (Path("c:/x/train.jsonl"), "x1")
+    for odd in ("t.jsonl:0", "t.jsonl:x0", "t.jsonl:-3", "t.jsonl:X2"):  # not a count: part of the path
+        assert _source(odd) == (Path(odd), "x1")
+
+
 def test_warp_envelope_moves_a_peak_up():
     from speech.builtin_recipe.vocode import warp_envelope
 
@@ -56,13 +87,22 @@ def test_warp_envelope_moves_a_peak_up():
 
 def test_corpus_cli_writes_a_manifest_the_model_still_reads(clip, tmp_path):
     out = tmp_path / "world"
-    subprocess.run([sys.executable, "-m", "speech.builtin_recipe.vocode", "--manifest", f"{clip}/train.jsonl:x3",
-                    "--out", str(out), "--seed", "5", "--f0", "0.8:1.3"], check=True, capture_output=True)
+    def run(folder, jobs):
+        subprocess.run([sys.executable, "-m", "speech.builtin_recipe.vocode", "--manifest", f"{clip}/train.jsonl:x3",
+                        "--out", str(folder), "--seed", "5", "--f0", "0.8:1.3", "--jobs", str(jobs)],
+                       check=True, capture_output=True)
+
+    run(out, 1)
+    run(tmp_path / "again", 2)  # the draws are the parent's: the same corpus whatever --jobs
+    assert (out / "train.jsonl").read_text() == (tmp_path / "again" / "train.jsonl").read_text()
+    assert all((out / f"audio/train/{i:06d}.wav").read_bytes() == (tmp_path / f"again/audio/train/{i:06d}.wav").read_bytes()
+               for i in range(3))
     rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     info = json.loads((out / "info.json").read_text())
     assert len(rows) == 3 == info["clips"] and info["copied_unvoiced"] == 0
     voices = {r["voice"] for r in rows}
     assert len(voices) == 3 and all(v.startswith("world:espeak-ng:en,f0_scale=") for v in voices)
+    assert all(0.8 <= float(v.split("f0_scale=")[1].split(",")[0]) <= 1.3 for v in voices)
     assert {r["text"] for r in rows} == {"Please leave your message after the tone."}
     audio = [sf.read(out / r["audio_filepath"])[0] for r in rows]
     assert not np.allclose(audio[0], audio[1])

@@ -241,8 +241,12 @@ def spec_augment(features: torch.Tensor, lengths: torch.Tensor, rng: random.Rand
 
 
 def copy_model_files(args) -> None:
-    """--out gets --model's config and tokenizer files (the weights are written by `save`)."""
+    """--out gets --model's config and tokenizer files (the weights are written by `save`); a
+    previous run's snapshots there go, so none outlives the run it came from."""
     args.out.mkdir(parents=True, exist_ok=True)
+    for old in args.out.glob("step_*"):
+        if old.is_dir():
+            shutil.rmtree(old)
     for item in args.model.iterdir():
         if item.is_file() and item.name != "model.safetensors":
             shutil.copy2(item, args.out / item.name)

@@ -17,7 +17,7 @@ draws its own voice:
   shorter vocal tract). VTLP in training warps the mel filterbank the same way, but only here
   does the harmonic spacing (F0) move apart from the envelope;
 - ``intonation``: the log-F0 contour's excursions around its mean scaled (``--intonation``),
-  from flat (monotone) to lively;
+  from flat (0, a monotone) to lively;
 - and the vocoder's own sound, which the held-out statistical parametric voices (flite's CG
   voices) share and the diphone, formant and recorded voices in the mix do not.
 
@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import random
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -44,17 +45,24 @@ from tqdm import tqdm
 FRAME_MS = 5.0
 
 
-def _range(text: str) -> tuple[float, float]:
-    lo, hi = (float(x) for x in text.split(":"))
-    if not 0 < lo <= hi:
-        raise argparse.ArgumentTypeError(f"{text!r}: want LOW:HIGH with 0 < LOW <= HIGH")
+def _range(text: str, allow_zero: bool = False) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: want LOW:HIGH") from None
+    if not (0 <= lo if allow_zero else 0 < lo) or lo > hi:
+        raise argparse.ArgumentTypeError(f"{text!r}: want LOW:HIGH with {0 if allow_zero else '0 <'} LOW <= HIGH")
     return lo, hi
 
 
+_COUNT = re.compile(r"^(x?)([1-9][0-9]*)$")
+
+
 def _source(text: str) -> tuple[Path, str]:
-    """MANIFEST[:N|:xK] -> (path, how many): N clips drawn, or every clip K times."""
-    path, _, count = text.rpartition(":") if ":" in text else (text, "", "")
-    if not path or not (count.isdigit() or (count.startswith("x") and count[1:].isdigit())):
+    """MANIFEST[:N|:xK] -> (path, how many): N clips drawn, or every clip K times (N, K >= 1; a
+    suffix that is neither is part of the path)."""
+    path, _, count = text.rpartition(":")
+    if not path or not _COUNT.match(count):
         path, count = text, "x1"
     return Path(path), count
 
@@ -93,13 +101,15 @@ def revoice(x: np.ndarray, sr: int, f0_scale: float, formant: float, intonation:
 
 
 def _job(args: tuple) -> dict:
-    row, src, dst, params = args
+    row, src, dst, params, source_voice = args
     x, sr = sf.read(src, dtype="float64", always_2d=False)
     y = revoice(x, sr, **params)
-    kept = y is None
+    copied = y is None
     dst.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(dst, (x if kept else y).astype(np.float32), sr, subtype="PCM_16")
-    return {**row, "copied": kept}
+    sf.write(dst, (x if copied else y).astype(np.float32), sr, subtype="PCM_16")
+    if copied:  # the voice is the source's: say so, not the draw that was never applied
+        row = {**row, "voice": f"{source_voice},copied"}
+    return {**row, "copied": copied}
 
 
 def main() -> None:
@@ -109,7 +119,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--f0", type=_range, default=(0.6, 1.7), help="mean-pitch factor range (log-uniform)")
     parser.add_argument("--formant", type=_range, default=(0.87, 1.17), help="envelope stretch range (log-uniform)")
-    parser.add_argument("--intonation", type=_range, default=(0.5, 1.5), help="pitch-excursion factor range")
+    parser.add_argument("--intonation", type=lambda t: _range(t, allow_zero=True), default=(0.5, 1.5),
+                        help="pitch-excursion factor range (uniform; 0 is a monotone)")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -121,6 +132,8 @@ def main() -> None:
         if count.startswith("x"):
             picked = [r for r in rows for _ in range(int(count[1:]))]
         else:
+            if int(count) > len(rows):
+                print(f"note: {path} has {len(rows)} clips, fewer than the {count} asked; taking them all")
             picked = rng.sample(rows, min(int(count), len(rows)))
         for row in picked:
             src = Path(row["audio_filepath"])
@@ -129,10 +142,10 @@ def main() -> None:
                       "formant": math.exp(rng.uniform(*map(math.log, args.formant))),
                       "intonation": rng.uniform(*args.intonation)}
             rel = Path("audio/train") / f"{len(work):06d}.wav"
-            voice = ",".join([f"world:{row.get('voice', row.get('source', 'clip'))}"]
-                             + [f"{k}={v:.3f}" for k, v in params.items()])
+            source_voice = row.get("voice", row.get("source", "clip"))
+            voice = ",".join([f"world:{source_voice}"] + [f"{k}={v:.3f}" for k, v in params.items()])
             out_row = {**row, "audio_filepath": str(rel), "id": f"world/{len(work):06d}", "voice": voice}
-            work.append((out_row, src, args.out / rel, params))
+            work.append((out_row, src, args.out / rel, params, source_voice))
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
