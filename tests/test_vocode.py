@@ -115,3 +115,19 @@ def test_corpus_cli_writes_a_manifest_the_model_still_reads(clip, tmp_path):
     model = SpeechModel.load()  # the built-in model still hears the words in a new voice
     text = model.generate([audio[0].astype(np.float32)])[0].lower()
     assert sum(w in text for w in ("leave", "your", "message", "tone")) >= 3, text
+
+
+def test_bad_input_gets_one_line(tmp_path):
+    def run(*argv):
+        return subprocess.run([sys.executable, "-m", "speech.builtin_recipe.vocode", "--out", str(tmp_path / "o"), *argv],
+                              capture_output=True, text=True)
+
+    missing = run("--manifest", str(tmp_path / "nope.jsonl:10"))
+    assert missing.returncode == 1 and missing.stderr.strip() == f"error: manifest not found: {tmp_path / 'nope.jsonl'}"
+    (tmp_path / "m.jsonl").write_text('{"audio_filepath": "a.wav"}\n')
+    for argv, says in ((["--manifest", str(tmp_path / "m.jsonl")], "not a manifest line"),
+                       (["--manifest", "x.jsonl", "--f0", "2:1"], "want LOW:HIGH with 0 < LOW <= HIGH"),
+                       (["--manifest", "x.jsonl", "--intonation=-1:1"], "want LOW:HIGH with 0 <= LOW <= HIGH")):
+        proc = run(*argv)
+        assert proc.returncode in (1, 2) and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "o").exists()  # nothing half-written

@@ -39,8 +39,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from tqdm import tqdm
+
+from speech.data.manifest import read_manifest
+from speech.data.wav import SAMPLE_RATE, read_16k, write_16k
+from speech.errors import UserError
 
 FRAME_MS = 5.0
 
@@ -51,7 +54,7 @@ def _range(text: str, allow_zero: bool = False) -> tuple[float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: want LOW:HIGH") from None
     if not (0 <= lo if allow_zero else 0 < lo) or lo > hi:
-        raise argparse.ArgumentTypeError(f"{text!r}: want LOW:HIGH with {0 if allow_zero else '0 <'} LOW <= HIGH")
+        raise argparse.ArgumentTypeError(f"{text!r}: want LOW:HIGH with 0 {'<=' if allow_zero else '<'} LOW <= HIGH")
     return lo, hi
 
 
@@ -102,11 +105,10 @@ def revoice(x: np.ndarray, sr: int, f0_scale: float, formant: float, intonation:
 
 def _job(args: tuple) -> dict:
     row, src, dst, params, source_voice = args
-    x, sr = sf.read(src, dtype="float64", always_2d=False)
-    y = revoice(x, sr, **params)
+    x = read_16k(src)
+    y = revoice(x, SAMPLE_RATE, **params)
     copied = y is None
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(dst, (x if copied else y).astype(np.float32), sr, subtype="PCM_16")
+    write_16k(dst, x if copied else y)
     if copied:  # the voice is the source's: say so, not the draw that was never applied
         row = {**row, "voice": f"{source_voice},copied"}
     return {**row, "copied": copied}
@@ -125,10 +127,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    try:
+        build(args)
+    except UserError as exc:  # a missing or malformed manifest, an unreadable clip: one line
+        raise SystemExit(f"error: {exc}") from None
+
+
+def build(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     work = []
     for path, count in args.manifest:
-        rows = [json.loads(line) for line in path.open() if line.strip()]
+        rows = list(read_manifest(path))
         if count.startswith("x"):
             picked = [r for r in rows for _ in range(int(count[1:]))]
         else:
@@ -136,8 +145,7 @@ def main() -> None:
                 print(f"note: {path} has {len(rows)} clips, fewer than the {count} asked; taking them all")
             picked = rng.sample(rows, min(int(count), len(rows)))
         for row in picked:
-            src = Path(row["audio_filepath"])
-            src = src if src.is_absolute() else path.parent / src
+            src = Path(row["audio_filepath"])  # absolute: read_manifest resolved it
             params = {"f0_scale": math.exp(rng.uniform(*map(math.log, args.f0))),
                       "formant": math.exp(rng.uniform(*map(math.log, args.formant))),
                       "intonation": rng.uniform(*args.intonation)}
